@@ -1,0 +1,230 @@
+//! Capture: keyspace-notification listeners and deadline-index sweepers. Both only call the
+//! capture step in the store, so any number of them may run at once: the index removal
+//! inside the script decides which one emits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushKind, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::core::Via;
+use crate::store::Store;
+
+/// Observable listener counters (what actually happened on this listener).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub notifications: AtomicU64,
+    pub emitted: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// Outcome of trying to enable keyspace notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyConfig {
+    /// Already had the `E` and `x` (or `A`) classes.
+    AlreadyEnabled(String),
+    /// We set it (old value, new value).
+    Enabled { was: String, now: String },
+    /// CONFIG is not allowed here (managed Redis): the user must configure it.
+    NotPermitted(String),
+}
+
+/// Makes sure `notify-keyspace-events` includes keyevent notifications for expirations,
+/// keeping whatever classes were already enabled.
+pub async fn ensure_notifications(store: &Store) -> NotifyConfig {
+    let mut c = store.conn.clone();
+    let cur: redis::RedisResult<Vec<String>> =
+        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut c).await;
+    let cur = match cur {
+        Ok(v) => v.get(1).cloned().unwrap_or_default(),
+        Err(e) => return NotifyConfig::NotPermitted(e.to_string()),
+    };
+    let has_e = cur.contains('E');
+    let has_x = cur.contains('x') || cur.contains('A');
+    if has_e && has_x {
+        return NotifyConfig::AlreadyEnabled(cur);
+    }
+    let mut new = cur.clone();
+    if !has_e {
+        new.push('E');
+    }
+    if !has_x {
+        new.push('x');
+    }
+    let r: redis::RedisResult<()> =
+        redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&new).query_async(&mut c).await;
+    match r {
+        Ok(()) => NotifyConfig::Enabled { was: cur, now: new },
+        Err(e) => NotifyConfig::NotPermitted(e.to_string()),
+    }
+}
+
+/// Text shown when notifications cannot be enabled by the listener itself.
+pub const NOTIFY_HELP: &str = "keyspace notifications are off and this client may not run CONFIG SET: \
+set `notify-keyspace-events` to include `Ex` (for example `Ex` or `KEA`) in the server's \
+configuration or your provider's parameter group. Tracked keys are still captured by the \
+sweeper; untracked keys are not captured at all until this is set.";
+
+/// Listens for `expired` keyevent notifications on db `db` and runs the capture step for the
+/// keys named, in batches. Survives reconnects (RESP3 connection manager with automatic
+/// resubscription) and asks the sweepers to run at once after each, since notifications
+/// sent while it was away are gone for good.
+pub async fn run_listener(
+    store: Store,
+    db: i64,
+    key_prefix: Option<Vec<u8>>,
+    sweep_now: Arc<Notify>,
+    stats: Arc<ListenerStats>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let info = store.client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    let client = redis::Client::open(info)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cfg = ConnectionManagerConfig::new()
+        .set_push_sender(tx)
+        .set_automatic_resubscription()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    let mut sub = ConnectionManager::new_with_config(client, cfg).await?;
+    let channel = format!("__keyevent@{db}__:expired");
+    sub.subscribe(&channel).await?;
+    // Anything that expired before we subscribed is for the sweepers.
+    sweep_now.notify_waiters();
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(512);
+    let mut ping = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ping.tick() => {
+                // Keeps the connection checked: a dead socket is noticed and re-established
+                // (and resubscribed) within a second even when no events flow.
+                let _ = redis::cmd("PING").query_async::<Value>(&mut sub).await;
+            }
+            msg = rx.recv() => {
+                let Some(first) = msg else { break };
+                let mut pushes = vec![first];
+                while pushes.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(p) => pushes.push(p),
+                        Err(_) => break,
+                    }
+                }
+                for p in pushes {
+                    match p.kind {
+                        PushKind::Message => {
+                            if let Some(Value::BulkString(key)) = p.data.get(1) {
+                                stats.notifications.fetch_add(1, Ordering::Relaxed);
+                                if key_prefix.as_ref().is_none_or(|pre| key.starts_with(pre)) {
+                                    batch.push(key.clone());
+                                }
+                            }
+                        }
+                        PushKind::Disconnection => {
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            sweep_now.notify_waiters();
+                        }
+                        PushKind::Subscribe => {
+                            // (Re)subscribed: events during the gap are lost, sweep now.
+                            sweep_now.notify_waiters();
+                        }
+                        _ => {}
+                    }
+                }
+                if !batch.is_empty() {
+                    match store.capture(&batch, Via::Notification).await {
+                        Ok((e, _, _)) => {
+                            stats.emitted.fetch_add(e, Ordering::Relaxed);
+                        }
+                        // A failed capture loses nothing: the index entries stay, and the
+                        // sweeper captures them.
+                        Err(err) => {
+                            eprintln!("listener: capture failed ({err}); the sweeper will take these keys");
+                            sweep_now.notify_waiters();
+                        }
+                    }
+                    batch.clear();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sweeper settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SweeperConfig {
+    /// Keys captured per script call.
+    pub batch: usize,
+    /// Shortest pause between sweeps when nothing is due (bounds Redis load).
+    pub min_interval: Duration,
+    /// Longest sleep, even when the next deadline is far (picks up keys tracked elsewhere).
+    pub max_interval: Duration,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        SweeperConfig {
+            batch: 1000,
+            min_interval: Duration::from_millis(2),
+            max_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SweeperStats {
+    pub sweeps: AtomicU64,
+    pub emitted: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Wakes at the next deadline in the index (server clock), captures due entries in batches.
+pub async fn run_sweeper(
+    store: Store,
+    cfg: SweeperConfig,
+    wake: Arc<Notify>,
+    stats: Arc<SweeperStats>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let pause = match store.sweep(cfg.batch).await {
+            Ok(s) => {
+                stats.sweeps.fetch_add(1, Ordering::Relaxed);
+                stats.emitted.fetch_add(s.emitted, Ordering::Relaxed);
+                if s.examined as usize >= cfg.batch {
+                    Duration::ZERO
+                } else {
+                    match s.next_deadline_ms {
+                        // A key expires once the server clock is past its deadline: wake 1 ms after.
+                        Some(d) => Duration::from_millis((d - s.now_ms + 1).max(0) as u64)
+                            .clamp(cfg.min_interval, cfg.max_interval),
+                        None => cfg.max_interval,
+                    }
+                }
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("sweeper: {e}; retrying");
+                Duration::from_millis(200)
+            }
+        };
+        if pause.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    Ok(())
+}

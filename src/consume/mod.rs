@@ -1,0 +1,317 @@
+//! Consumers: batched `XREADGROUP` on a dedicated connection each, a handler per event, one
+//! fenced commit script call per batch, `XAUTOCLAIM` reclaim, retries with backoff, dead
+//! letters, graceful shutdown. Knows no Redis command itself: every call goes through
+//! [`crate::store::Store`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::core::{backoff, decode_entry, CommitOutcome, Effect, Event};
+use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
+
+/// Where and how an event is being delivered.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub entry_id: String,
+    pub consumer: String,
+    /// Delivery count of this entry: strictly increases with each delivery, so an external
+    /// sink can refuse a write carrying a lower token than one it has seen (a fencing token).
+    pub token: u64,
+}
+
+/// Why a handler did not produce effects.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (with backoff) until `max_deliveries`.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed: dead-letter at once with this reason.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
+
+/// What to do with an event. Its Redis-side effects are returned, not applied: the commit
+/// script applies them in the same atomic step as the ledger entry and the ack, so they
+/// happen exactly once. External side effects should use `event.event_id` as idempotency
+/// key and `delivery.token` as fencing token; they run at least once.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, event: &'a Event, delivery: &'a Delivery) -> HandlerFuture<'a>;
+}
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Entries per `XREADGROUP`/`XAUTOCLAIM` and per commit call.
+    pub batch: usize,
+    /// Handlers running at once within one consumer.
+    pub concurrency: usize,
+    /// How long one `XREADGROUP` blocks.
+    pub block: Duration,
+    /// Idle time after which another consumer may claim an entry (above the handler's p99).
+    pub claim_idle: Duration,
+    /// How often each consumer looks for claimable entries.
+    pub claim_interval: Duration,
+    /// Deliveries after which an entry is dead-lettered.
+    pub max_deliveries: u64,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub ledger: LedgerConfig,
+    /// Payloads above this are dead-lettered as oversized.
+    pub max_payload: usize,
+    /// Consumers (of any process) idle this long with nothing pending are removed.
+    pub prune_idle: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            batch: 8,
+            concurrency: 1,
+            block: Duration::from_millis(500),
+            claim_idle: Duration::from_secs(5),
+            claim_interval: Duration::from_millis(1000),
+            max_deliveries: 5,
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            ledger: LedgerConfig::default(),
+            max_payload: 1 << 20,
+            prune_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one consumer did, counted from the commit script's replies.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub committed: AtomicU64,
+    pub duplicates_suppressed: AtomicU64,
+    pub fenced: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub retries: AtomicU64,
+    pub reclaimed: AtomicU64,
+    pub released: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A unique consumer name per incarnation: the fence compares owner names, so a restarted
+/// process must never inherit the name (and pending entries) of one that may still run.
+pub fn consumer_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+enum Done {
+    Effects(Event, Vec<Effect>),
+    Dead(String),
+    Dropped,
+}
+
+struct Work {
+    entry: RawEntry,
+    token: u64,
+}
+
+/// Runs one consumer until `stop` turns true; then finishes what it started, commits it, and
+/// releases what it had not started.
+pub async fn run_consumer(
+    store: Store,
+    name: String,
+    handler: Arc<dyn Handler>,
+    cfg: ConsumerConfig,
+    stats: Arc<ConsumerStats>,
+    mut stop: watch::Receiver<bool>,
+    prune: bool,
+) -> anyhow::Result<()> {
+    let mut conn = store.dedicated().await?;
+    let mut cursor = "0-0".to_string();
+    let mut last_claim = Instant::now();
+    let mut last_prune = Instant::now();
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        let work: Vec<Work> = if last_claim.elapsed() >= cfg.claim_interval {
+            last_claim = Instant::now();
+            if prune && last_prune.elapsed() >= cfg.prune_idle / 4 {
+                last_prune = Instant::now();
+                let _ = store.prune_consumers(cfg.prune_idle).await;
+            }
+            match store.autoclaim(&mut conn, &name, cfg.claim_idle, &cursor, cfg.batch).await {
+                Ok((next, entries)) => {
+                    cursor = next;
+                    stats.reclaimed.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    entries.into_iter().map(|(entry, token)| Work { entry, token }).collect()
+                }
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("{name}: reclaim failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        } else {
+            match store.read_new(&mut conn, &name, cfg.batch, cfg.block).await {
+                // Entries read with `>` are on their first delivery.
+                Ok(entries) => entries.into_iter().map(|entry| Work { entry, token: 1 }).collect(),
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if !e.to_string().contains("NOGROUP") {
+                        eprintln!("{name}: read failed: {e}");
+                    } else {
+                        let _ = store.ensure_group().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The connection may be dead (CLIENT KILL, restart): make a new one.
+                    if let Ok(c) = store.dedicated().await {
+                        conn = c;
+                    }
+                    continue;
+                }
+            }
+        };
+        if work.is_empty() {
+            continue;
+        }
+        process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    handler: &dyn Handler,
+    cfg: &ConsumerConfig,
+    stats: &ConsumerStats,
+    stop: &watch::Receiver<bool>,
+    work: Vec<Work>,
+) {
+    let mut finished: Vec<(Work, Event, Vec<Effect>)> = Vec::with_capacity(work.len());
+    let mut release: Vec<String> = vec![];
+    let mut queue = work.into_iter();
+    loop {
+        if *stop.borrow() {
+            // Not started: hand back at once rather than make others wait `claim_idle`.
+            release.extend(queue.by_ref().map(|w| w.entry.id));
+            break;
+        }
+        let chunk: Vec<Work> = queue.by_ref().take(cfg.concurrency.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let results = futures_util::future::join_all(
+            chunk.into_iter().map(|w| handle_one(store, conn.clone(), name, handler, cfg, stats, w)),
+        )
+        .await;
+        for (w, done) in results {
+            match done {
+                Done::Effects(ev, effects) => finished.push((w, ev, effects)),
+                Done::Dead(reason) => dead_letter(store, conn, name, stats, &w, &reason).await,
+                Done::Dropped => {}
+            }
+        }
+    }
+    if !finished.is_empty() {
+        let items: Vec<CommitItem<'_>> = finished
+            .iter()
+            .map(|(w, ev, effects)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects })
+            .collect();
+        match store.commit(conn, name, cfg.ledger, &items).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    let c = match o {
+                        CommitOutcome::Committed => &stats.committed,
+                        CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
+                        CommitOutcome::NotOwner => &stats.fenced,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
+            // the ledger makes the second attempt safe whatever happened to this one.
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{name}: commit failed: {e}");
+            }
+        }
+    }
+    if !release.is_empty() {
+        if let Ok(n) = store.release(conn, name, &release, cfg.claim_idle * 10).await {
+            stats.released.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn dead_letter(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    stats: &ConsumerStats,
+    w: &Work,
+    reason: &str,
+) {
+    match store.dead_letter(conn, name, &w.entry.id, w.token, reason).await {
+        Ok(true) => {
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(false) => {
+            stats.fenced.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("{name}: dead-letter of {} failed: {e}", w.entry.id);
+        }
+    }
+}
+
+async fn handle_one(
+    store: &Store,
+    mut conn: redis::aio::MultiplexedConnection,
+    name: &str,
+    handler: &dyn Handler,
+    cfg: &ConsumerConfig,
+    stats: &ConsumerStats,
+    mut w: Work,
+) -> (Work, Done) {
+    let event = match decode_entry(&w.entry.fields, cfg.max_payload) {
+        Ok(e) => e,
+        Err(e) => return (w, Done::Dead(format!("malformed entry: {e}"))),
+    };
+    loop {
+        if w.token > cfg.max_deliveries {
+            let r = format!("delivered {} times, more than max_deliveries {}", w.token, cfg.max_deliveries);
+            return (w, Done::Dead(r));
+        }
+        let delivery = Delivery { entry_id: w.entry.id.clone(), consumer: name.to_string(), token: w.token };
+        match handler.handle(&event, &delivery).await {
+            Ok(effects) => return (w, Done::Effects(event, effects)),
+            Err(HandlerError::Permanent(reason)) => return (w, Done::Dead(format!("handler refused: {reason}"))),
+            Err(HandlerError::Transient(reason)) => {
+                if w.token >= cfg.max_deliveries {
+                    let r = format!("handler failed {} times, last error: {reason}", w.token);
+                    return (w, Done::Dead(r));
+                }
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff(w.token as u32, cfg.backoff_base, cfg.backoff_max, fastrand::f64())).await;
+                match store.retry(&mut conn, name, &w.entry.id, w.token).await {
+                    Ok(Some(t)) => w.token = t,
+                    // Someone else holds it now; they will deliver it.
+                    Ok(None) => return (w, Done::Dropped),
+                    Err(e) => {
+                        eprintln!("{name}: retry of {} failed: {e}", w.entry.id);
+                        return (w, Done::Dropped);
+                    }
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,294 @@
+//! The pure protocol core: no I/O, no clock, no randomness. It names events, decodes
+//! stream entries, and turns store replies into decisions. Everything here is a function
+//! of its inputs, which is what lets the property tests and fuzz targets drive it alone.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Stable identity of one expiration: the first 32 hex digits of
+/// `sha1("<key length>:<key>:<deadline ms>")`. The capture script computes the same
+/// value (`store/lua/common.lua`), so every capture path, redelivery and replay of the
+/// same expiration carries the same id.
+pub fn event_id(key: &[u8], deadline_ms: i64) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(key.len().to_string().as_bytes());
+    h.update(b":");
+    h.update(key);
+    h.update(b":");
+    h.update(deadline_ms.to_string().as_bytes());
+    let mut s = h.digest().to_string();
+    s.truncate(32);
+    s
+}
+
+/// Which capture path produced a stream entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// A keyspace `expired` notification reached a listener.
+    Notification,
+    /// The sweeper found the deadline due in the index.
+    Sweeper,
+    /// `set_with_ttl`/`track` found the previous generation already expired.
+    Write,
+}
+
+impl Via {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Via::Notification => "n",
+            Via::Sweeper => "s",
+            Via::Write => "w",
+        }
+    }
+    pub fn from_tag(t: &[u8]) -> Option<Via> {
+        match t {
+            b"n" => Some(Via::Notification),
+            b"s" => Some(Via::Sweeper),
+            b"w" => Some(Via::Write),
+            _ => None,
+        }
+    }
+}
+
+/// One expiration event as delivered to a handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The key that expired (Redis keys are bytes; see [`Event::key_lossy`]).
+    pub key: Vec<u8>,
+    /// Absolute deadline of the TTL that ran out, Unix ms (what `PEXPIRETIME` reported).
+    pub deadline_ms: i64,
+    /// [`event_id`] of `(key, deadline_ms)`.
+    pub event_id: String,
+    pub via: Via,
+    /// Server time at capture, Unix ms.
+    pub captured_ms: i64,
+    /// The value given to `set_with_ttl` (or the string value at `track`).
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    pub fn key_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.key)
+    }
+}
+
+/// Why a stream entry could not be decoded. Each becomes a dead-letter reason, verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{0}` appears twice")]
+    Repeated(String),
+    #[error("unknown field `{0}`")]
+    Unknown(String),
+    #[error("field `{field}` is not {expected}: {got:?}")]
+    Invalid { field: &'static str, expected: &'static str, got: String },
+    #[error("event id {got} does not match key and deadline (expected {expected})")]
+    IdMismatch { got: String, expected: String },
+    #[error("payload of {len} bytes exceeds the limit of {limit} bytes")]
+    Oversized { len: usize, limit: usize },
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() > 64 {
+        let mut end = 64;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    } else {
+        s.into_owned()
+    }
+}
+
+fn parse_i64(field: &'static str, v: &[u8]) -> Result<i64, DecodeError> {
+    std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).filter(|n| *n >= 0).ok_or_else(|| {
+        DecodeError::Invalid { field, expected: "a non-negative integer", got: show(v) }
+    })
+}
+
+/// Decodes the fields of one stream entry written by the capture script.
+/// Strict on purpose: anything the capture script would not write is refused with a
+/// reason, so a stray `XADD` by another program lands in the dead-letter stream, never in
+/// a handler.
+pub fn decode_entry(fields: &[(Vec<u8>, Vec<u8>)], max_payload: usize) -> Result<Event, DecodeError> {
+    let (mut k, mut d, mut id, mut via, mut c, mut p) = (None, None, None, None, None, None);
+    for (name, value) in fields {
+        let slot = match name.as_slice() {
+            b"k" => &mut k,
+            b"d" => &mut d,
+            b"id" => &mut id,
+            b"via" => &mut via,
+            b"c" => &mut c,
+            b"p" => &mut p,
+            other => return Err(DecodeError::Unknown(show(other))),
+        };
+        if slot.replace(value.as_slice()).is_some() {
+            return Err(DecodeError::Repeated(show(name)));
+        }
+    }
+    let key = k.ok_or(DecodeError::Missing("k"))?;
+    let deadline_ms = parse_i64("d", d.ok_or(DecodeError::Missing("d"))?)?;
+    let id = id.ok_or(DecodeError::Missing("id"))?;
+    let via_raw = via.ok_or(DecodeError::Missing("via"))?;
+    let via = Via::from_tag(via_raw).ok_or_else(|| DecodeError::Invalid {
+        field: "via",
+        expected: "one of n, s, w",
+        got: show(via_raw),
+    })?;
+    let captured_ms = parse_i64("c", c.ok_or(DecodeError::Missing("c"))?)?;
+    let payload = p.ok_or(DecodeError::Missing("p"))?;
+    if payload.len() > max_payload {
+        return Err(DecodeError::Oversized { len: payload.len(), limit: max_payload });
+    }
+    let expected = event_id(key, deadline_ms);
+    if id != expected.as_bytes() {
+        return Err(DecodeError::IdMismatch { got: show(id), expected });
+    }
+    Ok(Event {
+        key: key.to_vec(),
+        deadline_ms,
+        event_id: expected,
+        via,
+        captured_ms,
+        payload: payload.to_vec(),
+    })
+}
+
+/// The fields the capture script writes for `ev`, in its order (used by tests and replays).
+pub fn encode_entry(ev: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![
+        (b"k".to_vec(), ev.key.clone()),
+        (b"d".to_vec(), ev.deadline_ms.to_string().into_bytes()),
+        (b"id".to_vec(), ev.event_id.clone().into_bytes()),
+        (b"via".to_vec(), ev.via.tag().as_bytes().to_vec()),
+        (b"c".to_vec(), ev.captured_ms.to_string().into_bytes()),
+        (b"p".to_vec(), ev.payload.clone()),
+    ]
+}
+
+/// What the commit script decided for one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Ledger recorded, effects applied, entry acked and deleted.
+    Committed,
+    /// The ledger already held the event id: acked and deleted, effects not applied.
+    AlreadyApplied,
+    /// The fence refused: another consumer owns the entry now, or it was redelivered.
+    NotOwner,
+}
+
+impl CommitOutcome {
+    pub fn from_code(c: i64) -> Option<CommitOutcome> {
+        match c {
+            1 => Some(CommitOutcome::Committed),
+            2 => Some(CommitOutcome::AlreadyApplied),
+            3 => Some(CommitOutcome::NotOwner),
+            _ => None,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: `attempt` 1 waits up to `base`, each further
+/// attempt doubles the ceiling up to `max`. `unit` is a uniform draw from [0, 1) supplied by
+/// the caller, so this stays pure.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let ceiling = base.saturating_mul(1u32 << exp).min(max);
+    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+    // Never zero: half the ceiling is fixed, half is jitter.
+    ceiling.mul_f64(0.5 + 0.5 * unit)
+}
+
+/// Ledger bucket of an event: the ledger is a set per bucket of deadlines, expiring
+/// `retention` after the bucket ends, so its size is bounded by the events whose deadline
+/// falls within one retention window.
+pub fn ledger_bucket(deadline_ms: i64, bucket_ms: i64) -> i64 {
+    deadline_ms.div_euclid(bucket_ms.max(1))
+}
+
+/// A Redis-side effect a handler asks to be committed atomically with the ack:
+/// a command from the allow-list in `commit.lua` and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effect {
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Effect {
+    pub fn new<I, A>(command: &str, args: I) -> Effect
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<[u8]>,
+    {
+        let mut v = vec![command.as_bytes().to_vec()];
+        v.extend(args.into_iter().map(|a| a.as_ref().to_vec()));
+        Effect { args: v }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<_> = self.args.iter().map(|a| show(a)).collect();
+        write!(f, "{}", parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> Event {
+        let key = b"es:key:42".to_vec();
+        Event {
+            event_id: event_id(&key, 1_732_600_000_123),
+            key,
+            deadline_ms: 1_732_600_000_123,
+            via: Via::Sweeper,
+            captured_ms: 1_732_600_000_130,
+            payload: b"v".to_vec(),
+        }
+    }
+
+    #[test]
+    fn entry_round_trips() {
+        let e = ev();
+        assert_eq!(decode_entry(&encode_entry(&e), 1024), Ok(e));
+    }
+
+    #[test]
+    fn event_id_separates_key_and_deadline() {
+        // Length prefix: ("a:1", 2) and ("a", 12)-like splits must not collide.
+        assert_ne!(event_id(b"a:1", 2), event_id(b"a", 12));
+        assert_ne!(event_id(b"k", 1), event_id(b"k", 2));
+        assert_eq!(event_id(b"k", 1).len(), 32);
+    }
+
+    #[test]
+    fn decode_refuses_with_reasons() {
+        let mut f = encode_entry(&ev());
+        f.push((b"extra".to_vec(), b"1".to_vec()));
+        assert_eq!(decode_entry(&f, 1024), Err(DecodeError::Unknown("extra".into())));
+        let f: Vec<_> = encode_entry(&ev()).into_iter().filter(|(k, _)| k != b"d").collect();
+        assert_eq!(decode_entry(&f, 1024), Err(DecodeError::Missing("d")));
+        let mut f = encode_entry(&ev());
+        f[1].1 = b"-5".to_vec();
+        assert!(matches!(decode_entry(&f, 1024), Err(DecodeError::Invalid { field: "d", .. })));
+        let mut f = encode_entry(&ev());
+        f[2].1 = b"00000000000000000000000000000000".to_vec();
+        assert!(matches!(decode_entry(&f, 1024), Err(DecodeError::IdMismatch { .. })));
+        assert!(matches!(decode_entry(&encode_entry(&ev()), 0), Err(DecodeError::Oversized { .. })));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_millis(10);
+        let m = Duration::from_millis(1000);
+        assert_eq!(backoff(1, b, m, 1.0), b);
+        assert_eq!(backoff(3, b, m, 1.0), Duration::from_millis(40));
+        assert_eq!(backoff(30, b, m, 1.0), m);
+        assert_eq!(backoff(1, b, m, 0.0), Duration::from_millis(5));
+        assert_eq!(backoff(2, b, m, f64::NAN), Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,38 @@
+//! # expiry-stream
+//!
+//! Redis key expirations as events in a Redis Stream, spread over a consumer group, each
+//! event's effect applied exactly once, with an independent oracle that checks it.
+//!
+//! # Layout
+//! - [`core`]: the pure protocol: event ids, entry encoding, commit outcomes, backoff. No I/O.
+//! - [`store`]: the only code that speaks Redis; every multi-step change is one Lua script.
+//! - [`capture`]: keyspace-notification listeners and deadline-index sweepers. Never emit
+//!   directly: they call the capture script, whose index removal is the deduplication.
+//! - [`consume`]: consumers, the [`consume::Handler`] trait, reclaim, retries, dead letters.
+//!   Never commits outside the fenced commit script.
+//! - [`workload`]: the paced producer used by `produce`, `run` and the tests.
+//! - [`oracle`]: created vs effected ledgers and the verdict. Never trusts library counters.
+//! - [`provision`]: Redis for tests and `run`: a container or a `redis-server` process.
+//! - [`run`]: the whole pipeline in one process, and its report.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use expiry_stream::store::Store;
+//! let store = Store::connect("redis://127.0.0.1/", "orders", "expiry").await?;
+//! // The key, its deadline index entry and its payload, in one atomic script.
+//! let deadlines = store
+//!     .write_batch(&[(b"order:42".to_vec(), b"cancel-if-unpaid".to_vec(), Duration::from_secs(30))])
+//!     .await?;
+//! # let _ = deadlines; Ok(()) }
+//! ```
+
+pub mod capture;
+pub mod consume;
+pub mod core;
+pub mod oracle;
+pub mod provision;
+pub mod run;
+pub mod store;
+pub mod workload;

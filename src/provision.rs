@@ -1,0 +1,218 @@
+//! Redis provisioning, in one place for the tests, the chaos runner and `run`: a container
+//! (testcontainers, image built locally since nothing can be pulled) or a `redis-server`
+//! process on a free loopback port with its own directory. Chosen by `EXPIRY_STREAM_REDIS`
+//! (`container`, `process`, `auto` (default), or a `redis://` URL), and it says which it used.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The image the container backend runs (built by `scripts/build-redis-image.sh`).
+pub const IMAGE: &str = "expiry-stream/redis";
+pub const TAG: &str = "local";
+const BUILD_SCRIPT: &str = include_str!("../scripts/build-redis-image.sh");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("EXPIRY_STREAM_REDIS={0:?} is not one of container, process, auto, or a redis:// URL")]
+    BadChoice(String),
+}
+
+/// Which backend to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Auto,
+    Container,
+    Process,
+    Url(String),
+}
+
+impl Choice {
+    pub fn parse(s: &str) -> Result<Choice, ProvisionError> {
+        match s.trim() {
+            "" | "auto" => Ok(Choice::Auto),
+            "container" => Ok(Choice::Container),
+            "process" => Ok(Choice::Process),
+            u if u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://") => {
+                Ok(Choice::Url(u.to_string()))
+            }
+            other => Err(ProvisionError::BadChoice(other.to_string())),
+        }
+    }
+    /// From `EXPIRY_STREAM_REDIS`, defaulting to `auto`.
+    pub fn from_env() -> Result<Choice, ProvisionError> {
+        Choice::parse(&std::env::var("EXPIRY_STREAM_REDIS").unwrap_or_default())
+    }
+}
+
+enum Guard {
+    #[cfg(feature = "containers")]
+    Container(Option<testcontainers::ContainerAsync<testcontainers::GenericImage>>),
+    Process { child: std::process::Child, dir: PathBuf },
+    External,
+}
+
+/// A running Redis owned by this handle: stopped and cleaned up on drop.
+pub struct RedisServer {
+    pub url: String,
+    /// "container <id>", "process <pid>" or "external".
+    pub backend: String,
+    /// `container`, `process` or `external`.
+    pub kind: &'static str,
+    guard: Guard,
+}
+
+/// Extra server arguments every provisioned Redis gets: no RDB snapshots (tests own their
+/// data), `DEBUG` allowed from loopback for fault injection.
+pub const BASE_ARGS: &[&str] = &["--save", "", "--appendonly", "no", "--enable-debug-command", "local"];
+
+impl RedisServer {
+    /// Provisions by `choice`. `Auto` tries a container, then a process, and says why it
+    /// fell back.
+    pub async fn start(choice: Choice, extra: &[String]) -> Result<RedisServer, ProvisionError> {
+        match choice {
+            Choice::Url(u) => Ok(RedisServer { url: u, backend: "external".into(), kind: "external", guard: Guard::External }),
+            Choice::Process => start_process(extra).await,
+            Choice::Container => start_container(extra).await,
+            Choice::Auto => match start_container(extra).await {
+                Ok(s) => Ok(s),
+                Err(ce) => match start_process(extra).await {
+                    Ok(s) => {
+                        eprintln!("redis: container backend unavailable ({ce}); using a redis-server process");
+                        Ok(s)
+                    }
+                    Err(pe) => Err(ProvisionError::Unavailable(format!(
+                        "no Redis could be provisioned.\n  container: {ce}\n  process: {pe}\n\
+                         Install one of: Docker (and redis-server, to build the local image), or \
+                         redis-server (Debian/Ubuntu: apt-get install redis-server), or pass \
+                         --redis-url redis://HOST:PORT"
+                    ))),
+                },
+            },
+        }
+    }
+
+    /// Stops and removes the server now (drop does the same, best effort).
+    pub async fn stop(mut self) {
+        #[cfg(feature = "containers")]
+        if let Guard::Container(c) = &mut self.guard {
+            if let Some(c) = c.take() {
+                let _ = c.rm().await;
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Guard::Process { child, dir } = &mut self.guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(url: &str, deadline: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut c) => match redis::cmd("PING").query_async::<String>(&mut c).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("redis at {url} not ready after {deadline:?}: {last}"))
+}
+
+/// Finds `redis-server` on PATH or in the usual places.
+pub fn redis_server_path() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("redis-server")).find(|p| p.is_file())
+}
+
+async fn start_process(extra: &[String]) -> Result<RedisServer, ProvisionError> {
+    let bin = redis_server_path()
+        .ok_or_else(|| ProvisionError::Unavailable("redis-server not found on PATH".into()))?;
+    let port = free_port().map_err(|e| ProvisionError::Unavailable(format!("no free port: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("expiry-stream-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", dir.display())))?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--dir").arg(&dir);
+    cmd.args(BASE_ARGS).args(extra);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+    let child = cmd.spawn().map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", bin.display())))?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let pid = child.id();
+    let server = RedisServer { url, backend: format!("process {pid} ({})", bin.display()), kind: "process", guard: Guard::Process { child, dir } };
+    wait_ready(&server.url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
+    Ok(server)
+}
+
+/// Builds the local image when missing (no registry here: nothing can be pulled).
+pub fn ensure_image() -> Result<(), String> {
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", &format!("{IMAGE}:{TAG}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("docker CLI: {e}"))?;
+    if present.success() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(BUILD_SCRIPT)
+        .arg("build-redis-image")
+        .arg(format!("{IMAGE}:{TAG}"))
+        .output()
+        .map_err(|e| format!("bash: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("building image {IMAGE}:{TAG} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+#[cfg(feature = "containers")]
+async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError> {
+    use testcontainers::core::{ContainerPort, WaitFor};
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers::{GenericImage, ImageExt};
+    let img = tokio::task::spawn_blocking(ensure_image).await.map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
+    img.map_err(ProvisionError::Unavailable)?;
+    let mut args: Vec<String> = ["--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data"].map(String::from).to_vec();
+    args.extend(BASE_ARGS.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().cloned());
+    let c = GenericImage::new(IMAGE, TAG)
+        .with_exposed_port(ContainerPort::Tcp(6379))
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_cmd(args)
+        .with_startup_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .map_err(|e| ProvisionError::Unavailable(format!("container: {e}")))?;
+    let port = c.get_host_port_ipv4(6379).await.map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let id = c.id().chars().take(12).collect::<String>();
+    wait_ready(&url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
+    Ok(RedisServer { url, backend: format!("container {id} ({IMAGE}:{TAG})"), kind: "container", guard: Guard::Container(Some(c)) })
+}
+
+#[cfg(not(feature = "containers"))]
+async fn start_container(_extra: &[String]) -> Result<RedisServer, ProvisionError> {
+    Err(ProvisionError::Unavailable("built without the `containers` feature".into()))
+}

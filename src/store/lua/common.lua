@@ -1,0 +1,56 @@
+-- Shared by every script (prepended at load time). Pure functions of Redis state:
+-- the capture step is the only place an index entry becomes a stream entry, and the
+-- ZREM of the index entry in the same atomic call is the deduplication: whichever
+-- listener, sweeper or writer runs it first emits, every other caller finds nothing.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+-- Must match core::event_id: sha1 over "<len>:<key>:<deadline>", first 32 hex digits.
+local function event_id(key, dl)
+  return string.sub(redis.sha1hex(fmt(#key) .. ':' .. key .. ':' .. fmt(dl)), 1, 32)
+end
+
+-- Outcome codes (core::CaptureOutcome): 0 nothing to do (untracked, already captured or
+-- not due), 1 emitted, 2 deadline moved, 3 persisted (dropped), 4 deleted before deadline.
+local function capture(idx, pay, stream, stats, key, via, now)
+  local s = redis.call('ZSCORE', idx, key)
+  if not s then return 0 end
+  local dl = tonumber(s)
+  -- Touching the key makes Redis apply lazy expiry, so a due key is gone here.
+  local pt = redis.call('PEXPIRETIME', key)
+  if pt == -2 then
+    redis.call('ZREM', idx, key)
+    local p = redis.call('HGET', pay, key)
+    redis.call('HDEL', pay, key)
+    if now < dl then
+      -- The key vanished before its deadline: it was deleted, not expired.
+      redis.call('HINCRBY', stats, 'deleted', 1)
+      return 4
+    end
+    redis.call('XADD', stream, '*', 'k', key, 'd', fmt(dl), 'id', event_id(key, dl),
+      'via', via, 'c', fmt(now), 'p', p or '')
+    redis.call('HINCRBY', stats, 'captured_' .. via, 1)
+    return 1
+  elseif pt == -1 then
+    redis.call('ZREM', idx, key)
+    redis.call('HDEL', pay, key)
+    redis.call('HINCRBY', stats, 'persisted', 1)
+    return 3
+  elseif pt ~= dl then
+    redis.call('ZADD', idx, pt, key)
+    return 2
+  end
+  return 0
+end
+
+-- Fence: true when `consumer` still owns pending entry `id` with delivery count `token`.
+local function owns(stream, group, id, consumer, token)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  local e = p[1]
+  return e ~= nil and e[2] == consumer and tostring(e[4]) == token
+end

@@ -1,0 +1,558 @@
+//! The only code that knows Redis commands. Every multi-step change is one Lua script
+//! (`store/lua/*.lua`, with `common.lua` prepended), so each is atomic on the server.
+//!
+//! Key layout of a namespace `ns` (one hash tag, so every key of a namespace lives in one
+//! cluster slot and the scripts stay legal on Redis Cluster):
+//! `{ns}:idx` deadline index (ZSET key -> deadline), `{ns}:pay` payloads (HASH),
+//! `{ns}:events` the stream, `{ns}:dead` dead letters, `{ns}:ledger:<bucket>` ledger sets,
+//! `{ns}:stats` capture and commit counts, `{ns}:oracle:*` the oracle's ledgers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
+
+use crate::core::{CommitOutcome, Event};
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/common.lua"), "\n", include_str!(concat!("lua/", $file))))
+    };
+}
+
+/// The script set, loaded once per process (EVALSHA, re-loaded on NOSCRIPT after a restart).
+pub struct Scripts {
+    pub write: Script,
+    pub track: Script,
+    pub capture: Script,
+    pub sweep: Script,
+    pub commit: Script,
+    pub dead_letter: Script,
+    pub release: Script,
+    pub prune: Script,
+    pub retry: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            write: script!("write.lua"),
+            track: script!("track.lua"),
+            capture: script!("capture.lua"),
+            sweep: script!("sweep.lua"),
+            commit: script!("commit.lua"),
+            dead_letter: script!("dead_letter.lua"),
+            release: script!("release.lua"),
+            prune: script!("prune.lua"),
+            retry: script!("retry.lua"),
+        }
+    }
+}
+
+/// Names of a namespace's keys.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub ns: String,
+    pub idx: String,
+    pub pay: String,
+    pub stream: String,
+    pub dead: String,
+    pub stats: String,
+    pub ledger_prefix: String,
+    pub created: String,
+    pub effects: String,
+}
+
+impl Keys {
+    pub fn new(ns: &str) -> Keys {
+        let t = format!("{{{ns}}}");
+        Keys {
+            ns: ns.to_string(),
+            idx: format!("{t}:idx"),
+            pay: format!("{t}:pay"),
+            stream: format!("{t}:events"),
+            dead: format!("{t}:dead"),
+            stats: format!("{t}:stats"),
+            ledger_prefix: format!("{t}:ledger:"),
+            created: format!("{t}:oracle:created"),
+            effects: format!("{t}:oracle:effects"),
+        }
+    }
+    /// Prefix for workload keys of this namespace (same hash tag).
+    pub fn key_prefix(&self) -> String {
+        format!("{{{}}}:k:", self.ns)
+    }
+}
+
+/// Errors at the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply to {what}: {reply}")]
+    Reply { what: &'static str, reply: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn bad(what: &'static str, v: &Value) -> StoreError {
+    let mut reply = format!("{v:?}");
+    reply.truncate(200);
+    StoreError::Reply { what, reply }
+}
+
+/// A stream entry as read, before decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One entry of a commit batch.
+pub struct CommitItem<'a> {
+    pub entry_id: &'a str,
+    /// Delivery count this consumer holds the entry with (the fencing token).
+    pub token: u64,
+    pub event: &'a Event,
+    pub effects: &'a [crate::core::Effect],
+}
+
+/// Result of one sweep call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    pub emitted: u64,
+    pub examined: u64,
+    pub next_deadline_ms: Option<i64>,
+    pub now_ms: i64,
+}
+
+/// Handle on one namespace of one Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub client: Client,
+    pub keys: Keys,
+    pub group: String,
+    scripts: std::sync::Arc<Scripts>,
+    /// Shared, auto-reconnecting connection for short commands (never blocking ones).
+    pub conn: ConnectionManager,
+}
+
+/// Ledger settings carried by every commit.
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerConfig {
+    pub bucket: Duration,
+    pub retention: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { bucket: Duration::from_secs(60), retention: Duration::from_secs(24 * 3600) }
+    }
+}
+
+impl Store {
+    pub async fn connect(url: &str, ns: &str, group: &str) -> Result<Store> {
+        let client = Client::open(url)?;
+        // Scripts over big batches can take longer than redis-rs's 500 ms default.
+        let cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        Ok(Store {
+            client,
+            keys: Keys::new(ns),
+            group: group.to_string(),
+            scripts: std::sync::Arc::new(Scripts::new()),
+            conn,
+        })
+    }
+
+    /// A dedicated connection for one consumer: blocking reads stall a shared multiplexed
+    /// connection, and they need no response timeout (they block on purpose).
+    pub async fn dedicated(&self) -> Result<MultiplexedConnection> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        Ok(self.client.get_multiplexed_async_connection_with_config(&cfg).await?)
+    }
+
+    /// Creates the consumer group at the start of the stream (so entries captured before any
+    /// consumer existed are delivered). Idempotent.
+    pub async fn ensure_group(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        let r: RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every key of the namespace (the workload keys under [`Keys::key_prefix`] included).
+    pub async fn wipe(&self) -> Result<u64> {
+        let mut c = self.conn.clone();
+        let pattern = format!("{{{}}}:*", self.keys.ns);
+        let mut cursor: u64 = 0;
+        let mut n = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                n += keys.len() as u64;
+                redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut c).await?;
+            }
+            if next == 0 {
+                return Ok(n);
+            }
+            cursor = next;
+        }
+    }
+
+    fn base_keys<'a>(&'a self, inv: &mut redis::ScriptInvocation<'a>) {
+        inv.key(&self.keys.idx).key(&self.keys.pay).key(&self.keys.stream).key(&self.keys.stats);
+    }
+
+    /// `set_with_ttl` for a batch of `(key, value, ttl)`, one atomic script call. Returns each
+    /// key's deadline (Unix ms). A previous generation that already expired is captured first.
+    pub async fn write_batch(&self, items: &[(Vec<u8>, Vec<u8>, Duration)]) -> Result<Vec<i64>> {
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut inv = self.scripts.write.prepare_invoke();
+        self.base_keys(&mut inv);
+        for (k, v, ttl) in items {
+            inv.key(k.as_slice()).arg(ttl.as_millis().max(1) as u64).arg(v.as_slice());
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Registers an existing key with a TTL. `Ok(None)` when it has no TTL or does not exist.
+    pub async fn track(&self, key: &[u8]) -> Result<Option<i64>> {
+        let mut inv = self.scripts.track.prepare_invoke();
+        self.base_keys(&mut inv);
+        inv.key(key);
+        let dl: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok((dl >= 0).then_some(dl))
+    }
+
+    /// Runs the capture step for keys named by notifications. Returns (emitted, moved, dropped).
+    pub async fn capture(&self, keys: &[Vec<u8>], via: crate::core::Via) -> Result<(u64, u64, u64)> {
+        let mut inv = self.scripts.capture.prepare_invoke();
+        self.base_keys(&mut inv);
+        for k in keys {
+            inv.key(k.as_slice());
+        }
+        inv.arg(via.tag());
+        let r: (u64, u64, u64) = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(r)
+    }
+
+    /// Captures up to `limit` due index entries, by the server's clock.
+    pub async fn sweep(&self, limit: usize) -> Result<Sweep> {
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        self.base_keys(&mut inv);
+        inv.arg(limit);
+        let (emitted, examined, next, now): (u64, u64, i64, i64) =
+            inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(Sweep { emitted, examined, next_deadline_ms: (next >= 0).then_some(next), now_ms: now })
+    }
+
+    /// `XREADGROUP ... >` on a dedicated connection.
+    pub async fn read_new(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<RawEntry>> {
+        let v: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.keys.stream)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        parse_xread(&v)
+    }
+
+    /// `XAUTOCLAIM` entries idle longer than `min_idle` to `consumer`. Returns the next cursor
+    /// and the claimed entries with their delivery counts (fencing tokens).
+    pub async fn autoclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> Result<(String, Vec<(RawEntry, u64)>)> {
+        let v: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.keys.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(conn)
+            .await?;
+        let items = as_array(&v).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
+        let next = items.first().and_then(as_string).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
+        let entries = match items.get(1) {
+            Some(list) => parse_entries(list)?,
+            None => vec![],
+        };
+        if entries.is_empty() {
+            return Ok((next, vec![]));
+        }
+        let tokens = self.tokens(conn, consumer, &entries).await?;
+        let out = entries
+            .into_iter()
+            .filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t)))
+            .collect();
+        Ok((next, out))
+    }
+
+    /// Delivery counts of entries this consumer holds (one XPENDING over their id range).
+    pub async fn tokens(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        entries: &[RawEntry],
+    ) -> Result<HashMap<String, u64>> {
+        let first = &entries.first().expect("non-empty").id;
+        let last = &entries.last().expect("non-empty").id;
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&self.keys.stream)
+            .arg(&self.group)
+            .arg(first)
+            .arg(last)
+            .arg(entries.len() * 2 + 16)
+            .arg(consumer)
+            .query_async(conn)
+            .await?;
+        let mut out = HashMap::new();
+        for row in as_array(&v).ok_or_else(|| bad("XPENDING", &v))? {
+            let r = as_array(row).ok_or_else(|| bad("XPENDING", row))?;
+            let (Some(id), Some(n)) = (r.first().and_then(as_string), r.get(3).and_then(as_int)) else {
+                return Err(bad("XPENDING", row));
+            };
+            out.insert(id, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// The fenced commit of a batch: one script call.
+    pub async fn commit(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        ledger: LedgerConfig,
+        items: &[CommitItem<'_>],
+    ) -> Result<Vec<CommitOutcome>> {
+        let mut inv = self.scripts.commit.prepare_invoke();
+        inv.key(&self.keys.stream).key(&self.keys.stats);
+        inv.arg(&self.group)
+            .arg(consumer)
+            .arg(&self.keys.ledger_prefix)
+            .arg(ledger.bucket.as_millis() as u64)
+            .arg(ledger.retention.as_millis() as u64)
+            .arg(items.len());
+        for it in items {
+            inv.arg(it.entry_id)
+                .arg(it.token)
+                .arg(&it.event.event_id)
+                .arg(it.event.deadline_ms)
+                .arg(it.effects.len());
+            for e in it.effects {
+                inv.arg(e.args.len());
+                for a in &e.args {
+                    inv.arg(a.as_slice());
+                }
+            }
+        }
+        let codes: Vec<i64> = inv.invoke_async(conn).await?;
+        codes
+            .iter()
+            .map(|c| CommitOutcome::from_code(*c).ok_or_else(|| bad("commit", &Value::Int(*c))))
+            .collect()
+    }
+
+    /// Moves a pending entry this consumer holds to the dead-letter stream with `reason`.
+    /// Returns false when the fence refused (someone else holds it now).
+    pub async fn dead_letter(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        entry_id: &str,
+        token: u64,
+        reason: &str,
+    ) -> Result<bool> {
+        let mut inv = self.scripts.dead_letter.prepare_invoke();
+        inv.key(&self.keys.stream).key(&self.keys.dead).key(&self.keys.stats);
+        inv.arg(&self.group).arg(consumer).arg(entry_id).arg(token).arg(reason);
+        let r: i64 = inv.invoke_async(conn).await?;
+        Ok(r == 1)
+    }
+
+    /// Takes another delivery of an entry this consumer holds (a retry): bumps its delivery
+    /// count. Returns the new token, or None when the entry is no longer ours.
+    pub async fn retry(&self, conn: &mut MultiplexedConnection, consumer: &str, entry_id: &str, token: u64) -> Result<Option<u64>> {
+        let mut inv = self.scripts.retry.prepare_invoke();
+        inv.key(&self.keys.stream).arg(&self.group).arg(consumer).arg(entry_id).arg(token);
+        let r: i64 = inv.invoke_async(conn).await?;
+        Ok((r > 0).then_some(r as u64))
+    }
+
+    /// Marks entries this consumer holds as long idle so any consumer reclaims them at once.
+    pub async fn release(&self, conn: &mut MultiplexedConnection, consumer: &str, ids: &[String], idle: Duration) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(&self.keys.stream).arg(&self.group).arg(consumer).arg(idle.as_millis() as u64);
+        for id in ids {
+            inv.arg(id);
+        }
+        Ok(inv.invoke_async(conn).await?)
+    }
+
+    /// Removes group consumers holding nothing and idle longer than `idle`.
+    pub async fn prune_consumers(&self, idle: Duration) -> Result<u64> {
+        let mut inv = self.scripts.prune.prepare_invoke();
+        inv.key(&self.keys.stream).arg(&self.group).arg(idle.as_millis() as u64);
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// The library's own counters (`{ns}:stats`). Reported beside the oracle, never instead.
+    pub async fn stats(&self) -> Result<HashMap<String, i64>> {
+        let mut c = self.conn.clone();
+        Ok(redis::cmd("HGETALL").arg(&self.keys.stats).query_async(&mut c).await?)
+    }
+
+    /// Tracked keys not yet captured, entries in the stream, and entries pending in the group.
+    pub async fn backlog(&self) -> Result<Backlog> {
+        let mut c = self.conn.clone();
+        let (tracked, stream_len): (u64, u64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(&self.keys.idx)
+            .cmd("XLEN")
+            .arg(&self.keys.stream)
+            .query_async(&mut c)
+            .await?;
+        let v: Value = redis::cmd("XPENDING").arg(&self.keys.stream).arg(&self.group).query_async(&mut c).await?;
+        let pending = as_array(&v).and_then(|a| a.first()).and_then(as_int).unwrap_or(0) as u64;
+        Ok(Backlog { tracked, stream_len, pending })
+    }
+}
+
+/// How much work remains in a namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    pub tracked: u64,
+    pub stream_len: u64,
+    pub pending: u64,
+}
+
+impl Backlog {
+    pub fn is_empty(&self) -> bool {
+        self.tracked == 0 && self.stream_len == 0 && self.pending == 0
+    }
+}
+
+fn as_array(v: &Value) -> Option<&Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.clone().into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    as_bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => as_string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// Parses a list of `[id, [field, value, ...]]` entries. A deleted entry (nil fields) comes
+/// back with no fields; decoding then dead-letters it with a reason.
+pub fn parse_entries(v: &Value) -> Result<Vec<RawEntry>> {
+    let list = as_array(v).ok_or_else(|| bad("stream entries", v))?;
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let Some(pair) = as_array(e) else { continue };
+        let id = pair.first().and_then(as_string).ok_or_else(|| bad("stream entry id", e))?;
+        let mut fields = vec![];
+        match pair.get(1) {
+            Some(Value::Map(m)) => {
+                for (k, v) in m {
+                    fields.push((as_bytes(k).unwrap_or_default(), as_bytes(v).unwrap_or_default()));
+                }
+            }
+            Some(f) => {
+                if let Some(flat) = as_array(f) {
+                    for kv in flat.chunks(2) {
+                        let k = as_bytes(&kv[0]).unwrap_or_default();
+                        let v = kv.get(1).and_then(as_bytes).unwrap_or_default();
+                        fields.push((k, v));
+                    }
+                }
+            }
+            None => {}
+        }
+        out.push(RawEntry { id, fields });
+    }
+    Ok(out)
+}
+
+/// Parses an `XREAD`/`XREADGROUP` reply for a single stream (RESP2 or RESP3 shape).
+pub fn parse_xread(v: &Value) -> Result<Vec<RawEntry>> {
+    match v {
+        Value::Nil => Ok(vec![]),
+        Value::Map(m) => match m.first() {
+            Some((_, entries)) => parse_entries(entries),
+            None => Ok(vec![]),
+        },
+        Value::Array(streams) => match streams.first().and_then(as_array) {
+            Some(s) => match s.get(1) {
+                Some(entries) => parse_entries(entries),
+                None => Ok(vec![]),
+            },
+            None => Ok(vec![]),
+        },
+        other => Err(bad("XREADGROUP", other)),
+    }
+}
