@@ -1,0 +1,296 @@
+//! Integration tests of the core pipeline against real Redis (the backend comes from
+//! `EXPIRY_STREAM_REDIS`; `just integration` runs this binary on both). Verdicts come from the
+//! oracle (created vs effected ledgers) or from the stream itself, never from library counters.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use expiry_stream::capture::SweeperConfig;
+use expiry_stream::consume::{ConsumerConfig, Delivery, Handler, HandlerError, HandlerFuture};
+use expiry_stream::core::{encode_entry, event_id, CommitOutcome, Event};
+use expiry_stream::oracle::{self, RecordHandler};
+use expiry_stream::run::Running;
+use expiry_stream::store::CommitItem;
+use support::{field_str, Ctx};
+
+fn fast_consumers() -> ConsumerConfig {
+    ConsumerConfig {
+        batch: 4,
+        claim_idle: Duration::from_millis(300),
+        claim_interval: Duration::from_millis(50),
+        block: Duration::from_millis(100),
+        max_deliveries: 3,
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..ConsumerConfig::default()
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn verdict_ok(ctx: &Ctx, created: u64, dead: u64) -> oracle::Check {
+    let c = oracle::check(&ctx.store).await.unwrap();
+    assert_eq!(c.oracle.created, created, "{c:?}");
+    assert_eq!(c.oracle.lost, 0, "{c:?}");
+    assert_eq!(c.oracle.duplicate_effects, 0, "{c:?}");
+    assert_eq!(c.oracle.unexpected_effects, 0, "{c:?}");
+    assert_eq!(c.oracle.dead_lettered, dead, "{c:?}");
+    assert_eq!(c.oracle.effected, created - dead, "{c:?}");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_is_exactly_once_with_three_listeners_and_two_sweepers() {
+    let ctx = Ctx::new("capture3x2").await;
+    let mut run = Running::default();
+    let prefix = Some(b"cap:".to_vec());
+    run.listeners(&ctx.store, 3, 0, prefix);
+    run.sweepers(&ctx.store, 2, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let names: Vec<String> = (0..3000).map(|i| format!("cap:{i}")).collect();
+    let mut created = HashMap::new();
+    for chunk in names.chunks(100) {
+        let keys: Vec<(&str, &str, u64)> = chunk.iter().enumerate().map(|(j, k)| (k.as_str(), "v", 20 + (j as u64 % 7) * 15)).collect();
+        for (k, d) in chunk.iter().zip(ctx.create(&keys).await) {
+            created.insert(event_id(k.as_bytes(), d), k.clone());
+        }
+    }
+    ctx.until("index empty", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 0 }).await;
+    run.shutdown().await.unwrap();
+    let entries = ctx.stream().await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in &entries {
+        *seen.entry(field_str(e, "id")).or_default() += 1;
+    }
+    assert_eq!(entries.len(), created.len(), "one stream entry per expiration");
+    assert!(seen.values().all(|n| *n == 1), "an event was captured twice");
+    assert!(created.keys().all(|id| seen.contains_key(id)), "an expiration was not captured");
+    let via: Vec<String> = entries.iter().map(|e| field_str(e, "via")).collect();
+    eprintln!("captured by listener {} sweeper {}", via.iter().filter(|v| *v == "n").count(), via.iter().filter(|v| *v == "s").count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expirations_while_nothing_listened_are_captured_later() {
+    let ctx = Ctx::new("offline").await;
+    let keys: Vec<String> = (0..500).map(|i| format!("off:{i}")).collect();
+    let spec: Vec<(&str, &str, u64)> = keys.iter().map(|k| (k.as_str(), "payload", 30)).collect();
+    ctx.create(&spec).await;
+    // Nothing runs while they expire; touching them all makes Redis delete them (and publish
+    // the notifications to nobody).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = ctx.store.conn.clone();
+    for k in &keys {
+        let _: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+    }
+    assert_eq!(ctx.stream().await.len(), 0);
+    let mut run = Running::default();
+    run.listeners(&ctx.store, 1, 0, None);
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    run.consumers(&ctx.store, 4, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    verdict_ok(&ctx, 500, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_ttl_moves_the_deadline_and_persisted_keys_are_dropped() {
+    let ctx = Ctx::new("ttl").await;
+    let dls = ctx.create(&[("ttl:extend", "a", 100), ("ttl:persist", "b", 100), ("ttl:plain", "c", 100)]).await;
+    let mut c = ctx.store.conn.clone();
+    let _: i64 = redis::cmd("PEXPIRE").arg("ttl:extend").arg(700).query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("PERSIST").arg("ttl:persist").query_async(&mut c).await.unwrap();
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let early = ctx.stream().await;
+    assert_eq!(early.len(), 1, "only the plain key has expired by now");
+    assert_eq!(field_str(&early[0], "k"), "ttl:plain");
+    assert_eq!(field_str(&early[0], "d"), dls[2].to_string());
+    ctx.until("extended key captured", WAIT, || async { ctx.stream().await.len() == 2 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.shutdown().await.unwrap();
+    let all = ctx.stream().await;
+    assert_eq!(all.len(), 2, "the persisted key never expires, so it is never captured");
+    let ext = &all[1];
+    assert_eq!(field_str(ext, "k"), "ttl:extend");
+    let d: i64 = field_str(ext, "d").parse().unwrap();
+    assert!(d >= dls[0] + 500, "event carries the extended deadline {d}, not the first {}", dls[0]);
+    assert_eq!(ctx.store.backlog().await.unwrap().tracked, 0, "the persisted key left the index");
+    let v: Option<String> = redis::cmd("GET").arg("ttl:persist").query_async(&mut c).await.unwrap();
+    assert_eq!(v.as_deref(), Some("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_with_ttl_over_an_expired_generation_captures_it_first() {
+    let ctx = Ctx::new("overwrite").await;
+    let first = ctx.create(&[("ow:k", "generation-1", 30)]).await[0];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(ctx.stream().await.len(), 0, "nothing captured yet: no listener or sweeper runs");
+    let second = ctx.create(&[("ow:k", "generation-2", 60_000)]).await[0];
+    let s = ctx.stream().await;
+    assert_eq!(s.len(), 1);
+    assert_eq!(field_str(&s[0], "via"), "w");
+    assert_eq!(field_str(&s[0], "p"), "generation-1");
+    assert_eq!(field_str(&s[0], "d"), first.to_string());
+    // Overwriting a live generation replaces its deadline: no event for the first.
+    let third = ctx.create(&[("ow:k", "generation-3", 60_000)]).await[0];
+    assert!(third >= second);
+    assert_eq!(ctx.stream().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_before_commit_is_reclaimed_with_one_effect() {
+    let ctx = Ctx::new("killed").await;
+    let keys: Vec<String> = (0..40).map(|i| format!("kill:{i}")).collect();
+    let spec: Vec<(&str, &str, u64)> = keys.iter().map(|k| (k.as_str(), "v", 10)).collect();
+    ctx.create(&spec).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ctx.store.sweep(1000).await.unwrap();
+    // The doomed consumer takes everything into its pending list, then "dies" (never commits).
+    let mut dead_conn = ctx.conn().await;
+    let taken = ctx.store.read_new(&mut dead_conn, "doomed", 100, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(taken.len(), 40);
+    drop(dead_conn);
+    let mut run = Running::default();
+    run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    verdict_ok(&ctx, 40, 0).await;
+}
+
+fn record_effect(ctx: &Ctx, ev: &Event, consumer: &str, entry: &str) -> Vec<expiry_stream::core::Effect> {
+    let rec = format!("{}|{consumer}|{entry}|{}|{}", ev.event_id, ev.captured_ms, oracle::now_ms());
+    vec![expiry_stream::core::Effect::new("RPUSH", [ctx.store.keys.effects.as_bytes(), rec.as_bytes()])]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_consumers_late_commit_is_refused_by_the_fence() {
+    let ctx = Ctx::new("fence").await;
+    ctx.create(&[("fence:1", "v", 10), ("fence:2", "v", 10)]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ctx.store.sweep(100).await.unwrap();
+    let cfg = fast_consumers();
+    let (mut a, mut b) = (ctx.conn().await, ctx.conn().await);
+    let got = ctx.store.read_new(&mut a, "A", 10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let evs: Vec<Event> = got.iter().map(|e| expiry_stream::core::decode_entry(&e.fields, 1 << 20).unwrap()).collect();
+    // A pauses past the claim timeout; B claims both.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let (_, claimed) = ctx.store.autoclaim(&mut b, "B", Duration::from_millis(100), "0-0", 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|(_, t)| *t).collect::<Vec<_>>(), vec![2, 2], "second delivery");
+    let commit = |conn: redis::aio::MultiplexedConnection, who: &'static str, i: usize, token: u64| {
+        let (ctx, got, evs, ledger) = (&ctx, &got, &evs, cfg.ledger);
+        async move {
+            let mut conn = conn;
+            let eff = record_effect(ctx, &evs[i], who, &got[i].id);
+            let item = CommitItem { entry_id: &got[i].id, token, event: &evs[i], effects: &eff };
+            ctx.store.commit(&mut conn, who, ledger, &[item]).await.unwrap()
+        }
+    };
+    // Entry 0: A commits late while B holds it: refused. Then B commits.
+    assert_eq!(commit(a.clone(), "A", 0, 1).await, vec![CommitOutcome::NotOwner]);
+    assert_eq!(commit(b.clone(), "B", 0, 2).await, vec![CommitOutcome::Committed]);
+    // Entry 1: B commits first; A's late commit then finds nothing it owns.
+    assert_eq!(commit(b.clone(), "B", 1, 2).await, vec![CommitOutcome::Committed]);
+    assert_eq!(commit(a.clone(), "A", 1, 1).await, vec![CommitOutcome::NotOwner]);
+    // The right owner with a stale token (an older delivery of its own) is refused too.
+    assert_eq!(commit(b.clone(), "B", 1, 1).await, vec![CommitOutcome::NotOwner]);
+    verdict_ok(&ctx, 2, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_entry_is_suppressed_by_the_ledger() {
+    let ctx = Ctx::new("replay").await;
+    ctx.create(&[("replay:1", "v", 10)]).await;
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    ctx.until("effect recorded", WAIT, || async { oracle::check(&ctx.store).await.unwrap().oracle.effected == 1 }).await;
+    // Replay: the same event, re-added twice as new stream entries (as a replaying producer
+    // or a group reset would deliver it).
+    let dl: i64 = {
+        let c = oracle::check(&ctx.store).await.unwrap();
+        assert_eq!(c.oracle.effected, 1);
+        let mut conn = ctx.store.conn.clone();
+        let rec: Vec<String> = redis::cmd("LRANGE").arg(&ctx.store.keys.created).arg(0).arg(0).query_async(&mut conn).await.unwrap();
+        rec[0].split(':').next().unwrap().parse().unwrap()
+    };
+    let ev = Event { key: b"replay:1".to_vec(), deadline_ms: dl, event_id: event_id(b"replay:1", dl), via: expiry_stream::core::Via::Sweeper, captured_ms: dl, payload: b"v".to_vec() };
+    let mut conn = ctx.store.conn.clone();
+    for _ in 0..2 {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&ctx.store.keys.stream).arg("*");
+        for (k, v) in encode_entry(&ev) {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+    }
+    ctx.until("replays consumed", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    verdict_ok(&ctx, 1, 0).await;
+    assert_eq!(ctx.store.stats().await.unwrap().get("duplicates_suppressed"), Some(&2));
+}
+
+/// Fails for chosen keys: transiently (`poison:*`) or permanently (`refuse:*`).
+struct Picky(Arc<RecordHandler>);
+
+impl Handler for Picky {
+    fn handle<'a>(&'a self, ev: &'a Event, d: &'a Delivery) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            if ev.key.starts_with(b"poison:") {
+                return Err(HandlerError::Transient(format!("backend down for {}", ev.key_lossy())));
+            }
+            if ev.key.starts_with(b"refuse:") {
+                return Err(HandlerError::Permanent("order no longer exists".into()));
+            }
+            self.0.handle(ev, d).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_is_dead_lettered_with_its_reason() {
+    let ctx = Ctx::new("poison").await;
+    ctx.create(&[("poison:1", "v", 10), ("refuse:1", "v", 10), ("fine:1", "v", 10), ("fine:2", "v", 10)]).await;
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    let h = Arc::new(Picky(RecordHandler::new(&ctx.store, Duration::ZERO)));
+    run.consumers(&ctx.store, 2, "c", h, &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    verdict_ok(&ctx, 4, 2).await;
+    let dead = ctx.dead().await;
+    let reasons: HashMap<String, String> = dead.iter().map(|e| (field_str(e, "f:k"), field_str(e, "reason"))).collect();
+    assert!(reasons["poison:1"].starts_with("handler failed 3 times, last error: transient: backend down for poison:1")
+        || reasons["poison:1"].starts_with("handler failed 3 times, last error: backend down for poison:1"), "{reasons:?}");
+    assert_eq!(reasons["refuse:1"], "handler refused: order no longer exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_entry_is_dead_lettered_without_a_panic() {
+    let ctx = Ctx::new("malformed").await;
+    let mut conn = ctx.store.conn.clone();
+    let s = &ctx.store.keys.stream;
+    let _: String = redis::cmd("XADD").arg(s).arg("*").arg("foo").arg("bar").query_async(&mut conn).await.unwrap();
+    let _: String = redis::cmd("XADD").arg(s).arg("*").arg("k").arg("x").arg("d").arg("soon").query_async(&mut conn).await.unwrap();
+    let _: String = redis::cmd("XADD").arg(s).arg("*").arg("k").arg(b"\xff\xfe".as_slice()).arg("d").arg("1").arg("id").arg("0").arg("via").arg("n").arg("c").arg("1").arg("p").arg("").query_async(&mut conn).await.unwrap();
+    ctx.create(&[("after:1", "v", 10)]).await;
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    run.consumers(&ctx.store, 1, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    // The well-formed event after the bad ones still gets exactly one effect.
+    verdict_ok(&ctx, 1, 0).await;
+    let mut reasons: Vec<String> = ctx.dead().await.iter().map(|e| field_str(e, "reason")).collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "malformed entry: unknown field `foo`"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("malformed entry: field `d` is not a non-negative integer")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("malformed entry: event id 0 does not match")), "{reasons:?}");
+}
