@@ -143,11 +143,43 @@ pub struct Store {
 pub struct LedgerConfig {
     pub bucket: Duration,
     pub retention: Duration,
+    pub safety: Safety,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { bucket: Duration::from_secs(60), retention: Duration::from_secs(24 * 3600) }
+        LedgerConfig { bucket: Duration::from_secs(60), retention: Duration::from_secs(24 * 3600), safety: Safety::from_env() }
+    }
+}
+
+/// The commit's two safety mechanisms. Both are on outside tests. The switches exist only so
+/// the test suites can prove they catch what each mechanism prevents: set
+/// `EXPIRY_STREAM_UNSAFE=no-fence` or `no-ledger` (or both, comma-separated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Safety {
+    pub fence: bool,
+    pub ledger: bool,
+}
+
+impl Safety {
+    pub const ON: Safety = Safety { fence: true, ledger: true };
+
+    pub fn from_env() -> Safety {
+        let v = std::env::var("EXPIRY_STREAM_UNSAFE").unwrap_or_default();
+        let s = Safety { fence: !v.contains("no-fence"), ledger: !v.contains("no-ledger") };
+        if s != Safety::ON {
+            eprintln!("WARNING: EXPIRY_STREAM_UNSAFE={v}: commit safety reduced to {s:?} (test-only switch)");
+        }
+        s
+    }
+
+    fn arg(self) -> &'static str {
+        match (self.fence, self.ledger) {
+            (true, true) => "fence,ledger",
+            (true, false) => "fence",
+            (false, true) => "ledger",
+            (false, false) => "",
+        }
     }
 }
 
@@ -376,6 +408,7 @@ impl Store {
             .arg(&self.keys.ledger_prefix)
             .arg(ledger.bucket.as_millis() as u64)
             .arg(ledger.retention.as_millis() as u64)
+            .arg(ledger.safety.arg())
             .arg(items.len());
         for it in items {
             inv.arg(it.entry_id)

@@ -294,3 +294,60 @@ async fn a_malformed_entry_is_dead_lettered_without_a_panic() {
     assert!(reasons.iter().any(|r| r.starts_with("malformed entry: field `d` is not a non-negative integer")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.starts_with("malformed entry: event id 0 does not match")), "{reasons:?}");
 }
+
+/// The fence alone stops a stale consumer's duplicate: with a ledger that no longer remembers
+/// the event (retention 0), the late commit is refused with the fence on, and becomes a
+/// duplicate effect, seen by the oracle, with the fence off. Proves the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_fence_a_stale_commit_is_a_duplicate_the_oracle_sees() {
+    use expiry_stream::store::{LedgerConfig, Safety};
+    for fence in [true, false] {
+        let ctx = Ctx::new(if fence { "bite-fence-on" } else { "bite-fence-off" }).await;
+        ctx.create(&[("bite:1", "v", 10)]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ctx.store.sweep(10).await.unwrap();
+        let (mut a, mut b) = (ctx.conn().await, ctx.conn().await);
+        let got = ctx.store.read_new(&mut a, "A", 10, Duration::from_millis(100)).await.unwrap();
+        let ev = expiry_stream::core::decode_entry(&got[0].fields, 1 << 20).unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let (_, claimed) = ctx.store.autoclaim(&mut b, "B", Duration::from_millis(100), "0-0", 10).await.unwrap();
+        let ledger = LedgerConfig { bucket: Duration::from_millis(1), retention: Duration::ZERO, safety: Safety { fence, ledger: true } };
+        let eb = record_effect(&ctx, &ev, "B", &got[0].id);
+        let item = CommitItem { entry_id: &got[0].id, token: claimed[0].1, event: &ev, effects: &eb };
+        assert_eq!(ctx.store.commit(&mut b, "B", ledger, &[item]).await.unwrap(), vec![CommitOutcome::Committed]);
+        let ea = record_effect(&ctx, &ev, "A", &got[0].id);
+        let item = CommitItem { entry_id: &got[0].id, token: 1, event: &ev, effects: &ea };
+        ctx.store.commit(&mut a, "A", ledger, &[item]).await.unwrap();
+        let c = oracle::check(&ctx.store).await.unwrap();
+        assert_eq!(c.oracle.duplicate_effects, if fence { 0 } else { 1 }, "fence {fence}: {c:?}");
+    }
+}
+
+/// Without the ledger, replays become duplicate effects and the oracle reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ledger_replays_are_duplicates_the_oracle_sees() {
+    use expiry_stream::store::{LedgerConfig, Safety};
+    let ctx = Ctx::new("bite-ledger").await;
+    ctx.create(&[("bite:2", "v", 10)]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ctx.store.sweep(10).await.unwrap();
+    let mut conn = ctx.conn().await;
+    let ledger = LedgerConfig { safety: Safety { fence: true, ledger: false }, ..LedgerConfig::default() };
+    for round in 0..2 {
+        let got = ctx.store.read_new(&mut conn, "A", 10, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(got.len(), 1, "round {round}");
+        let ev = expiry_stream::core::decode_entry(&got[0].fields, 1 << 20).unwrap();
+        let eff = record_effect(&ctx, &ev, "A", &got[0].id);
+        let item = CommitItem { entry_id: &got[0].id, token: 1, event: &ev, effects: &eff };
+        ctx.store.commit(&mut conn, "A", ledger, &[item]).await.unwrap();
+        // Replay the committed entry.
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&ctx.store.keys.stream).arg("*");
+        for (k, v) in encode_entry(&ev) {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+    }
+    let c = oracle::check(&ctx.store).await.unwrap();
+    assert_eq!(c.oracle.duplicate_effects, 1, "{c:?}");
+}
