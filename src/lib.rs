@@ -14,6 +14,7 @@
 //! - [`oracle`]: created vs effected ledgers and the verdict. Never trusts library counters.
 //! - [`provision`]: Redis for tests and `run`: a container or a `redis-server` process.
 //! - [`run`]: the whole pipeline in one process, and its report.
+//! - [`bench`]: the Redis server's own expire-and-notify rate, for side-by-side ratios.
 //!
 //! # Example
 //! ```no_run
@@ -28,6 +29,7 @@
 //! # let _ = deadlines; Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod capture;
 pub mod consume;
 pub mod core;

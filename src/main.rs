@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use expiry_stream::bench;
 use expiry_stream::capture::{self, SweeperConfig};
 use expiry_stream::consume::{ConsumerConfig, Handler};
 use expiry_stream::oracle::{self, RecordHandler};
@@ -146,6 +147,22 @@ enum Cmd {
         #[arg(long, default_value = "consumer")]
         name: String,
     },
+    /// Side by side on one Redis: the server's own expire-and-notify rate, then the pipeline with no pacing and no work.
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        /// Keys for each of the two measurements.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// TTL of each key, ms.
+        #[arg(long, default_value_t = 100)]
+        ttl_ms: u64,
+        #[command(flatten)]
+        consumers: Consumers,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// The oracle over a namespace: created vs effected. Exits 1 on loss or duplicates.
     Check {
         #[command(flatten)]
@@ -160,6 +177,49 @@ fn url(c: &Common) -> anyhow::Result<String> {
     c.redis_url.clone().context("--redis-url (or REDIS_URL) is required for this subcommand")
 }
 
+/// The Redis to use: `--redis-url`, or one provisioned by `EXPIRY_STREAM_REDIS` (auto:
+/// container, else process).
+async fn provision(common: &Common) -> anyhow::Result<(Option<RedisServer>, String)> {
+    Ok(match &common.redis_url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let s = RedisServer::start(Choice::from_env()?, &[]).await?;
+            eprintln!("redis: {} at {}", s.backend, s.url);
+            let u = s.url.clone();
+            (Some(s), u)
+        }
+    })
+}
+
+fn server_desc(server: &Option<RedisServer>, url: &str) -> String {
+    server.as_ref().map(|s| s.backend.clone()).unwrap_or_else(|| format!("external {url}"))
+}
+
+fn run_config(consumers: &Consumers, listeners: usize, sweepers: usize, drain_timeout_s: u64) -> RunConfig {
+    RunConfig {
+        consumers: consumers.consumers.max(1),
+        work_ms: consumers.work_ms,
+        listeners,
+        sweepers,
+        batch: consumers.batch.max(1),
+        concurrency: consumers.concurrency.max(1),
+        consumer: consumers.config(),
+        sweeper: SweeperConfig::default(),
+        drain_timeout_s,
+        progress: true,
+        ..RunConfig::default()
+    }
+}
+
+fn write_json(p: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).ok();
+    }
+    std::fs::write(p, serde_json::to_string_pretty(v)?)?;
+    println!("report: {}", p.display());
+    Ok(())
+}
+
 fn handler_named(name: &str, store: &Store, work_ms: u64) -> anyhow::Result<Arc<dyn Handler>> {
     match name {
         "record" => Ok(RecordHandler::new(store, Duration::from_millis(work_ms))),
@@ -172,48 +232,30 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { common, workload, consumers, listeners, sweepers, report, drain_timeout_s } => {
-            let (server, url) = match &common.redis_url {
-                Some(u) => (None, u.clone()),
-                None => {
-                    let s = RedisServer::start(Choice::from_env()?, &[]).await?;
-                    eprintln!("redis: {} at {}", s.backend, s.url);
-                    let u = s.url.clone();
-                    (Some(s), u)
-                }
-            };
-            let backend = server.as_ref().map(|s| s.backend.clone()).unwrap_or_else(|| format!("external {url}"));
+            let (server, url) = provision(&common).await?;
             let store = Store::connect(&url, &common.ns, &common.group).await?;
-            let cfg = RunConfig {
-                workload: WorkloadConfig {
-                    keys: workload.keys,
-                    ttl_ms: workload.ttl_ms,
-                    delay_us: workload.delay_us,
-                    payload_bytes: workload.payload_bytes,
-                    ..WorkloadConfig::default()
-                },
-                consumers: consumers.consumers.max(1),
-                work_ms: consumers.work_ms,
-                listeners,
-                sweepers,
-                batch: consumers.batch.max(1),
-                concurrency: consumers.concurrency.max(1),
-                consumer: consumers.config(),
-                sweeper: SweeperConfig::default(),
-                drain_timeout_s,
-                progress: true,
+            let mut cfg = run_config(&consumers, listeners, sweepers, drain_timeout_s);
+            cfg.workload = WorkloadConfig {
+                keys: workload.keys,
+                ttl_ms: workload.ttl_ms,
+                delay_us: workload.delay_us,
+                payload_bytes: workload.payload_bytes,
+                ..WorkloadConfig::default()
             };
             eprintln!(
                 "run: {} keys, ttl {} ms, delay {} us, {} consumers, {} ms work, {} listener(s), {} sweeper(s)",
-                cfg.workload.keys, cfg.workload.ttl_ms, cfg.workload.delay_us, cfg.consumers, cfg.work_ms, listeners, sweepers
+                cfg.workload.keys,
+                cfg.workload.ttl_ms,
+                cfg.workload.delay_us,
+                cfg.consumers,
+                cfg.work_ms,
+                listeners,
+                sweepers
             );
-            let r = run::run(&store, &cfg, &backend).await?;
+            let r = run::run(&store, &cfg, &server_desc(&server, &url)).await?;
             println!("{}", r.summary());
             if let Some(p) = report {
-                if let Some(d) = p.parent() {
-                    std::fs::create_dir_all(d).ok();
-                }
-                std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
-                println!("report: {}", p.display());
+                write_json(&p, &r)?;
             }
             if let Some(s) = server {
                 s.stop().await;
@@ -261,6 +303,35 @@ async fn main() -> anyhow::Result<()> {
             r.consumers(&store, consumers.consumers.max(1), &name, h, &consumers.config());
             eprintln!("consume: {} consumer(s), handler {handler}", consumers.consumers);
             r.until_signal().await?;
+        }
+        Cmd::Bench { common, keys, ttl_ms, mut consumers, report } => {
+            let (server, url) = provision(&common).await?;
+            let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+            eprintln!("bench 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
+            let own = bench::redis_expire_notify(&url, keys, ttl_ms).await?;
+            let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
+            eprintln!("bench 2/2: the pipeline, {keys} keys, no pacing, no work");
+            consumers.work_ms = 0;
+            let store = Store::connect(&url, &common.ns, &common.group).await?;
+            let mut cfg = run_config(&consumers, 1, 1, 120);
+            cfg.workload = WorkloadConfig { keys, ttl_ms, delay_us: 0, ..WorkloadConfig::default() };
+            let r = run::run(&store, &cfg, &server_desc(&server, &url)).await?;
+            println!("{}", r.summary());
+            let ratio = r.rate_keys_per_s / own.rate_keys_per_s.max(1e-9);
+            println!(
+                "redis expire+notify: {:.0} keys/s ({} of {} notifications in {:.2} s)\npipeline end-to-end: {:.0} keys/s\nratio pipeline/redis: {:.2}",
+                own.rate_keys_per_s, own.received, own.keys, own.elapsed_s, r.rate_keys_per_s, ratio
+            );
+            if let Some(p) = report {
+                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": r, "ratio": ratio });
+                write_json(&p, &v)?;
+            }
+            if let Some(s) = server {
+                s.stop().await;
+            }
+            if !(r.oracle.ok() && r.drained) {
+                std::process::exit(1);
+            }
         }
         Cmd::Check { common, json } => {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;

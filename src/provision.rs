@@ -51,7 +51,10 @@ impl Choice {
 enum Guard {
     #[cfg(feature = "containers")]
     Container(Option<testcontainers::ContainerAsync<testcontainers::GenericImage>>),
-    Process { child: std::process::Child, dir: PathBuf },
+    Process {
+        child: std::process::Child,
+        dir: PathBuf,
+    },
     External,
 }
 
@@ -74,7 +77,9 @@ impl RedisServer {
     /// fell back.
     pub async fn start(choice: Choice, extra: &[String]) -> Result<RedisServer, ProvisionError> {
         match choice {
-            Choice::Url(u) => Ok(RedisServer { url: u, backend: "external".into(), kind: "external", guard: Guard::External }),
+            Choice::Url(u) => {
+                Ok(RedisServer { url: u, backend: "external".into(), kind: "external", guard: Guard::External })
+            }
             Choice::Process => start_process(extra).await,
             Choice::Container => start_container(extra).await,
             Choice::Auto => match start_container(extra).await {
@@ -139,14 +144,15 @@ async fn wait_ready(url: &str, deadline: Duration) -> Result<(), String> {
 
 /// Finds `redis-server` on PATH or in the usual places.
 pub fn redis_server_path() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from));
     dirs.into_iter().map(|d| d.join("redis-server")).find(|p| p.is_file())
 }
 
 async fn start_process(extra: &[String]) -> Result<RedisServer, ProvisionError> {
-    let bin = redis_server_path()
-        .ok_or_else(|| ProvisionError::Unavailable("redis-server not found on PATH".into()))?;
+    let bin =
+        redis_server_path().ok_or_else(|| ProvisionError::Unavailable("redis-server not found on PATH".into()))?;
     let port = free_port().map_err(|e| ProvisionError::Unavailable(format!("no free port: {e}")))?;
     let dir = std::env::temp_dir().join(format!("expiry-stream-redis-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", dir.display())))?;
@@ -157,7 +163,12 @@ async fn start_process(extra: &[String]) -> Result<RedisServer, ProvisionError> 
     let child = cmd.spawn().map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", bin.display())))?;
     let url = format!("redis://127.0.0.1:{port}/");
     let pid = child.id();
-    let server = RedisServer { url, backend: format!("process {pid} ({})", bin.display()), kind: "process", guard: Guard::Process { child, dir } };
+    let server = RedisServer {
+        url,
+        backend: format!("process {pid} ({})", bin.display()),
+        kind: "process",
+        guard: Guard::Process { child, dir },
+    };
     wait_ready(&server.url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
     Ok(server)
 }
@@ -192,9 +203,11 @@ async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError
     use testcontainers::core::{ContainerPort, WaitFor};
     use testcontainers::runners::AsyncRunner;
     use testcontainers::{GenericImage, ImageExt};
-    let img = tokio::task::spawn_blocking(ensure_image).await.map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
+    let img =
+        tokio::task::spawn_blocking(ensure_image).await.map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
     img.map_err(ProvisionError::Unavailable)?;
-    let mut args: Vec<String> = ["--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data"].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data"].map(String::from).to_vec();
     args.extend(BASE_ARGS.iter().map(|s| s.to_string()));
     args.extend(extra.iter().cloned());
     let c = GenericImage::new(IMAGE, TAG)
@@ -209,7 +222,12 @@ async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError
     let url = format!("redis://127.0.0.1:{port}/");
     let id = c.id().chars().take(12).collect::<String>();
     wait_ready(&url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
-    Ok(RedisServer { url, backend: format!("container {id} ({IMAGE}:{TAG})"), kind: "container", guard: Guard::Container(Some(c)) })
+    Ok(RedisServer {
+        url,
+        backend: format!("container {id} ({IMAGE}:{TAG})"),
+        kind: "container",
+        guard: Guard::Container(Some(c)),
+    })
 }
 
 #[cfg(not(feature = "containers"))]

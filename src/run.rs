@@ -47,7 +47,14 @@ impl Running {
         for _ in 0..n {
             let s = Arc::new(ListenerStats::default());
             self.listener_stats.push(s.clone());
-            let fut = capture::run_listener(store.clone(), db, prefix.clone(), self.sweep_now.clone(), s, self.stop.subscribe());
+            let fut = capture::run_listener(
+                store.clone(),
+                db,
+                prefix.clone(),
+                self.sweep_now.clone(),
+                s,
+                self.stop.subscribe(),
+            );
             self.tasks.push(tokio::spawn(fut));
         }
     }
@@ -59,12 +66,27 @@ impl Running {
             self.tasks.push(tokio::spawn(fut));
         }
     }
-    pub fn consumers(&mut self, store: &Store, n: usize, prefix: &str, handler: Arc<dyn Handler>, cfg: &ConsumerConfig) {
+    pub fn consumers(
+        &mut self,
+        store: &Store,
+        n: usize,
+        prefix: &str,
+        handler: Arc<dyn Handler>,
+        cfg: &ConsumerConfig,
+    ) {
         for i in 0..n {
             let s = Arc::new(ConsumerStats::default());
             self.consumer_stats.push(s.clone());
             let name = consume::consumer_name(prefix, i);
-            let fut = consume::run_consumer(store.clone(), name, handler.clone(), cfg.clone(), s, self.stop.subscribe(), i == 0);
+            let fut = consume::run_consumer(
+                store.clone(),
+                name,
+                handler.clone(),
+                cfg.clone(),
+                s,
+                self.stop.subscribe(),
+                i == 0,
+            );
             self.tasks.push(tokio::spawn(fut));
         }
     }
@@ -178,10 +200,7 @@ async fn llen(store: &Store, key: &str) -> u64 {
 pub async fn peak_memory(store: &Store) -> u64 {
     let mut c = store.conn.clone();
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory_peak:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    info.lines().find_map(|l| l.strip_prefix("used_memory_peak:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 struct Progress {
@@ -268,7 +287,10 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
         if last_sample.elapsed() >= Duration::from_secs(1) || done {
             last_sample = now;
             let stats = store.stats().await.unwrap_or_default();
-            let captured = ["captured_n", "captured_s", "captured_w"].iter().map(|k| stats.get(*k).copied().unwrap_or(0)).sum::<i64>() as u64;
+            let captured = ["captured_n", "captured_s", "captured_w"]
+                .iter()
+                .map(|k| stats.get(*k).copied().unwrap_or(0))
+                .sum::<i64>() as u64;
             let s = Sample {
                 t_s: start.elapsed().as_secs_f64(),
                 created: created.load(Ordering::Relaxed),
@@ -285,7 +307,11 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
             drained_at = Some(now);
             break;
         }
-        if producer.is_none() && start.elapsed() > Duration::from_secs(cfg.drain_timeout_s) + Duration::from_secs_f64(produce_report.as_ref().map(|p| p.elapsed_s).unwrap_or(0.0)) {
+        if producer.is_none()
+            && start.elapsed()
+                > Duration::from_secs(cfg.drain_timeout_s)
+                    + Duration::from_secs_f64(produce_report.as_ref().map(|p| p.elapsed_s).unwrap_or(0.0))
+        {
             eprintln!("drain timeout: backlog {backlog:?}");
             break;
         }

@@ -40,7 +40,11 @@ pub fn key_for(store: &Store, i: u64) -> Vec<u8> {
 /// Creates `cfg.keys` tracked keys. The pacer is absolute: key `i` is due at
 /// `start + i * delay`, and each loop sends every key that is due, so timer granularity
 /// (about 1 ms) changes batch sizes, never the rate.
-pub async fn produce(store: &Store, cfg: &WorkloadConfig, created: Arc<AtomicU64>) -> crate::store::Result<ProduceReport> {
+pub async fn produce(
+    store: &Store,
+    cfg: &WorkloadConfig,
+    created: Arc<AtomicU64>,
+) -> crate::store::Result<ProduceReport> {
     let start = Instant::now();
     let ttl = Duration::from_millis(cfg.ttl_ms);
     let mut sent = 0u64;

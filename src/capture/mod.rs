@@ -168,11 +168,7 @@ pub struct SweeperConfig {
 
 impl Default for SweeperConfig {
     fn default() -> Self {
-        SweeperConfig {
-            batch: 1000,
-            min_interval: Duration::from_millis(2),
-            max_interval: Duration::from_millis(250),
-        }
+        SweeperConfig { batch: 1000, min_interval: Duration::from_millis(2), max_interval: Duration::from_millis(250) }
     }
 }
 

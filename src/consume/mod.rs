@@ -314,4 +314,3 @@ async fn handle_one(
         }
     }
 }
-

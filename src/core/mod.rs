@@ -104,9 +104,11 @@ fn show(b: &[u8]) -> String {
 }
 
 fn parse_i64(field: &'static str, v: &[u8]) -> Result<i64, DecodeError> {
-    std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).filter(|n| *n >= 0).ok_or_else(|| {
-        DecodeError::Invalid { field, expected: "a non-negative integer", got: show(v) }
-    })
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| DecodeError::Invalid { field, expected: "a non-negative integer", got: show(v) })
 }
 
 /// Decodes the fields of one stream entry written by the capture script.
@@ -147,14 +149,7 @@ pub fn decode_entry(fields: &[(Vec<u8>, Vec<u8>)], max_payload: usize) -> Result
     if id != expected.as_bytes() {
         return Err(DecodeError::IdMismatch { got: show(id), expected });
     }
-    Ok(Event {
-        key: key.to_vec(),
-        deadline_ms,
-        event_id: expected,
-        via,
-        captured_ms,
-        payload: payload.to_vec(),
-    })
+    Ok(Event { key: key.to_vec(), deadline_ms, event_id: expected, via, captured_ms, payload: payload.to_vec() })
 }
 
 /// The fields the capture script writes for `ev`, in its order (used by tests and replays).

@@ -148,7 +148,11 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { bucket: Duration::from_secs(60), retention: Duration::from_secs(24 * 3600), safety: Safety::from_env() }
+        LedgerConfig {
+            bucket: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            safety: Safety::from_env(),
+        }
     }
 }
 
@@ -298,8 +302,7 @@ impl Store {
         let mut inv = self.scripts.sweep.prepare_invoke();
         self.base_keys(&mut inv);
         inv.arg(limit);
-        let (emitted, examined, next, now): (u64, u64, i64, i64) =
-            inv.invoke_async(&mut self.conn.clone()).await?;
+        let (emitted, examined, next, now): (u64, u64, i64, i64) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(Sweep { emitted, examined, next_deadline_ms: (next >= 0).then_some(next), now_ms: now })
     }
 
@@ -357,10 +360,7 @@ impl Store {
             return Ok((next, vec![]));
         }
         let tokens = self.tokens(conn, consumer, &entries).await?;
-        let out = entries
-            .into_iter()
-            .filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t)))
-            .collect();
+        let out = entries.into_iter().filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t))).collect();
         Ok((next, out))
     }
 
@@ -411,11 +411,7 @@ impl Store {
             .arg(ledger.safety.arg())
             .arg(items.len());
         for it in items {
-            inv.arg(it.entry_id)
-                .arg(it.token)
-                .arg(&it.event.event_id)
-                .arg(it.event.deadline_ms)
-                .arg(it.effects.len());
+            inv.arg(it.entry_id).arg(it.token).arg(&it.event.event_id).arg(it.event.deadline_ms).arg(it.effects.len());
             for e in it.effects {
                 inv.arg(e.args.len());
                 for a in &e.args {
@@ -424,10 +420,7 @@ impl Store {
             }
         }
         let codes: Vec<i64> = inv.invoke_async(conn).await?;
-        codes
-            .iter()
-            .map(|c| CommitOutcome::from_code(*c).ok_or_else(|| bad("commit", &Value::Int(*c))))
-            .collect()
+        codes.iter().map(|c| CommitOutcome::from_code(*c).ok_or_else(|| bad("commit", &Value::Int(*c)))).collect()
     }
 
     /// Moves a pending entry this consumer holds to the dead-letter stream with `reason`.
@@ -449,7 +442,13 @@ impl Store {
 
     /// Takes another delivery of an entry this consumer holds (a retry): bumps its delivery
     /// count. Returns the new token, or None when the entry is no longer ours.
-    pub async fn retry(&self, conn: &mut MultiplexedConnection, consumer: &str, entry_id: &str, token: u64) -> Result<Option<u64>> {
+    pub async fn retry(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        entry_id: &str,
+        token: u64,
+    ) -> Result<Option<u64>> {
         let mut inv = self.scripts.retry.prepare_invoke();
         inv.key(&self.keys.stream).arg(&self.group).arg(consumer).arg(entry_id).arg(token);
         let r: i64 = inv.invoke_async(conn).await?;
@@ -457,7 +456,13 @@ impl Store {
     }
 
     /// Marks entries this consumer holds as long idle so any consumer reclaims them at once.
-    pub async fn release(&self, conn: &mut MultiplexedConnection, consumer: &str, ids: &[String], idle: Duration) -> Result<u64> {
+    pub async fn release(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        ids: &[String],
+        idle: Duration,
+    ) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }

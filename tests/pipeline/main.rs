@@ -54,7 +54,8 @@ async fn capture_is_exactly_once_with_three_listeners_and_two_sweepers() {
     let names: Vec<String> = (0..3000).map(|i| format!("cap:{i}")).collect();
     let mut created = HashMap::new();
     for chunk in names.chunks(100) {
-        let keys: Vec<(&str, &str, u64)> = chunk.iter().enumerate().map(|(j, k)| (k.as_str(), "v", 20 + (j as u64 % 7) * 15)).collect();
+        let keys: Vec<(&str, &str, u64)> =
+            chunk.iter().enumerate().map(|(j, k)| (k.as_str(), "v", 20 + (j as u64 % 7) * 15)).collect();
         for (k, d) in chunk.iter().zip(ctx.create(&keys).await) {
             created.insert(event_id(k.as_bytes(), d), k.clone());
         }
@@ -70,7 +71,11 @@ async fn capture_is_exactly_once_with_three_listeners_and_two_sweepers() {
     assert!(seen.values().all(|n| *n == 1), "an event was captured twice");
     assert!(created.keys().all(|id| seen.contains_key(id)), "an expiration was not captured");
     let via: Vec<String> = entries.iter().map(|e| field_str(e, "via")).collect();
-    eprintln!("captured by listener {} sweeper {}", via.iter().filter(|v| *v == "n").count(), via.iter().filter(|v| *v == "s").count());
+    eprintln!(
+        "captured by listener {} sweeper {}",
+        via.iter().filter(|v| *v == "n").count(),
+        via.iter().filter(|v| *v == "s").count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,17 +215,26 @@ async fn a_replayed_entry_is_suppressed_by_the_ledger() {
     run.sweepers(&ctx.store, 1, SweeperConfig::default());
     run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
     ctx.until("drained", WAIT, || ctx.drained()).await;
-    ctx.until("effect recorded", WAIT, || async { oracle::check(&ctx.store).await.unwrap().oracle.effected == 1 }).await;
+    ctx.until("effect recorded", WAIT, || async { oracle::check(&ctx.store).await.unwrap().oracle.effected == 1 })
+        .await;
     // Replay: the same event, re-added twice as new stream entries (as a replaying producer
     // or a group reset would deliver it).
     let dl: i64 = {
         let c = oracle::check(&ctx.store).await.unwrap();
         assert_eq!(c.oracle.effected, 1);
         let mut conn = ctx.store.conn.clone();
-        let rec: Vec<String> = redis::cmd("LRANGE").arg(&ctx.store.keys.created).arg(0).arg(0).query_async(&mut conn).await.unwrap();
+        let rec: Vec<String> =
+            redis::cmd("LRANGE").arg(&ctx.store.keys.created).arg(0).arg(0).query_async(&mut conn).await.unwrap();
         rec[0].split(':').next().unwrap().parse().unwrap()
     };
-    let ev = Event { key: b"replay:1".to_vec(), deadline_ms: dl, event_id: event_id(b"replay:1", dl), via: expiry_stream::core::Via::Sweeper, captured_ms: dl, payload: b"v".to_vec() };
+    let ev = Event {
+        key: b"replay:1".to_vec(),
+        deadline_ms: dl,
+        event_id: event_id(b"replay:1", dl),
+        via: expiry_stream::core::Via::Sweeper,
+        captured_ms: dl,
+        payload: b"v".to_vec(),
+    };
     let mut conn = ctx.store.conn.clone();
     for _ in 0..2 {
         let mut cmd = redis::cmd("XADD");
@@ -266,8 +280,11 @@ async fn a_poison_entry_is_dead_lettered_with_its_reason() {
     verdict_ok(&ctx, 4, 2).await;
     let dead = ctx.dead().await;
     let reasons: HashMap<String, String> = dead.iter().map(|e| (field_str(e, "f:k"), field_str(e, "reason"))).collect();
-    assert!(reasons["poison:1"].starts_with("handler failed 3 times, last error: transient: backend down for poison:1")
-        || reasons["poison:1"].starts_with("handler failed 3 times, last error: backend down for poison:1"), "{reasons:?}");
+    assert!(
+        reasons["poison:1"].starts_with("handler failed 3 times, last error: transient: backend down for poison:1")
+            || reasons["poison:1"].starts_with("handler failed 3 times, last error: backend down for poison:1"),
+        "{reasons:?}"
+    );
     assert_eq!(reasons["refuse:1"], "handler refused: order no longer exists");
 }
 
@@ -277,8 +294,26 @@ async fn a_malformed_entry_is_dead_lettered_without_a_panic() {
     let mut conn = ctx.store.conn.clone();
     let s = &ctx.store.keys.stream;
     let _: String = redis::cmd("XADD").arg(s).arg("*").arg("foo").arg("bar").query_async(&mut conn).await.unwrap();
-    let _: String = redis::cmd("XADD").arg(s).arg("*").arg("k").arg("x").arg("d").arg("soon").query_async(&mut conn).await.unwrap();
-    let _: String = redis::cmd("XADD").arg(s).arg("*").arg("k").arg(b"\xff\xfe".as_slice()).arg("d").arg("1").arg("id").arg("0").arg("via").arg("n").arg("c").arg("1").arg("p").arg("").query_async(&mut conn).await.unwrap();
+    let _: String =
+        redis::cmd("XADD").arg(s).arg("*").arg("k").arg("x").arg("d").arg("soon").query_async(&mut conn).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(s)
+        .arg("*")
+        .arg("k")
+        .arg(b"\xff\xfe".as_slice())
+        .arg("d")
+        .arg("1")
+        .arg("id")
+        .arg("0")
+        .arg("via")
+        .arg("n")
+        .arg("c")
+        .arg("1")
+        .arg("p")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     ctx.create(&[("after:1", "v", 10)]).await;
     let mut run = Running::default();
     run.sweepers(&ctx.store, 1, SweeperConfig::default());
@@ -291,7 +326,10 @@ async fn a_malformed_entry_is_dead_lettered_without_a_panic() {
     reasons.sort();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "malformed entry: unknown field `foo`"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("malformed entry: field `d` is not a non-negative integer")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("malformed entry: field `d` is not a non-negative integer")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.starts_with("malformed entry: event id 0 does not match")), "{reasons:?}");
 }
 
@@ -311,7 +349,11 @@ async fn without_the_fence_a_stale_commit_is_a_duplicate_the_oracle_sees() {
         let ev = expiry_stream::core::decode_entry(&got[0].fields, 1 << 20).unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         let (_, claimed) = ctx.store.autoclaim(&mut b, "B", Duration::from_millis(100), "0-0", 10).await.unwrap();
-        let ledger = LedgerConfig { bucket: Duration::from_millis(1), retention: Duration::ZERO, safety: Safety { fence, ledger: true } };
+        let ledger = LedgerConfig {
+            bucket: Duration::from_millis(1),
+            retention: Duration::ZERO,
+            safety: Safety { fence, ledger: true },
+        };
         let eb = record_effect(&ctx, &ev, "B", &got[0].id);
         let item = CommitItem { entry_id: &got[0].id, token: claimed[0].1, event: &ev, effects: &eb };
         assert_eq!(ctx.store.commit(&mut b, "B", ledger, &[item]).await.unwrap(), vec![CommitOutcome::Committed]);
