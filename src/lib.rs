@@ -14,6 +14,9 @@
 //! - [`oracle`]: created vs effected ledgers and the verdict. Never trusts library counters.
 //! - [`provision`]: Redis for tests and `run`: a container or a `redis-server` process.
 //! - [`run`]: the whole pipeline in one process, and its report.
+//! - [`model`]: in-memory Redis model for simulation and loom, held to real Redis by differential tests.
+//! - [`sim`]: deterministic simulation over the model: seeds, virtual time, faults, checker.
+//! - [`scenario`]: chaos scenario files, the multi-process runner, fault injection, reports.
 //! - [`bench`]: the Redis server's own expire-and-notify rate, for side-by-side ratios.
 //!
 //! # Example
@@ -33,8 +36,11 @@ pub mod bench;
 pub mod capture;
 pub mod consume;
 pub mod core;
+pub mod model;
 pub mod oracle;
 pub mod provision;
 pub mod run;
+pub mod scenario;
+pub mod sim;
 pub mod store;
 pub mod workload;

@@ -163,6 +163,10 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Deterministic simulation over the in-memory model (seeded, virtual time, faults).
+    Sim(expiry_stream::sim::SimArgs),
+    /// Chaos scenarios against real Redis: `scenario run FILE`.
+    Scenario(expiry_stream::scenario::ScenarioArgs),
     /// The oracle over a namespace: created vs effected. Exits 1 on loss or duplicates.
     Check {
         #[command(flatten)]
@@ -333,6 +337,8 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Cmd::Sim(args) => std::process::exit(expiry_stream::sim::main(args).await?),
+        Cmd::Scenario(args) => std::process::exit(expiry_stream::scenario::main(args).await?),
         Cmd::Check { common, json } => {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
             let c = oracle::check(&store).await?;

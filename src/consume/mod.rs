@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::core::{backoff, decode_entry, CommitOutcome, Effect, Event};
+use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
 
 /// Where and how an event is being delivered.
@@ -24,16 +24,7 @@ pub struct Delivery {
     pub token: u64,
 }
 
-/// Why a handler did not produce effects.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying (with backoff) until `max_deliveries`.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Will never succeed: dead-letter at once with this reason.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
+pub use crate::core::HandlerError;
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
 
@@ -83,6 +74,16 @@ impl Default for ConsumerConfig {
             ledger: LedgerConfig::default(),
             max_payload: 1 << 20,
             prune_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_deliveries: self.max_deliveries,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
         }
     }
 }
@@ -281,26 +282,20 @@ async fn handle_one(
     stats: &ConsumerStats,
     mut w: Work,
 ) -> (Work, Done) {
-    let event = match decode_entry(&w.entry.fields, cfg.max_payload) {
-        Ok(e) => e,
-        Err(e) => return (w, Done::Dead(format!("malformed entry: {e}"))),
+    let policy = cfg.retry_policy();
+    let event = match admit(&w.entry.fields, w.token, &policy, cfg.max_payload) {
+        Admit::Handle(e) => e,
+        Admit::DeadLetter(reason) => return (w, Done::Dead(reason)),
     };
     loop {
-        if w.token > cfg.max_deliveries {
-            let r = format!("delivered {} times, more than max_deliveries {}", w.token, cfg.max_deliveries);
-            return (w, Done::Dead(r));
-        }
         let delivery = Delivery { entry_id: w.entry.id.clone(), consumer: name.to_string(), token: w.token };
-        match handler.handle(&event, &delivery).await {
-            Ok(effects) => return (w, Done::Effects(event, effects)),
-            Err(HandlerError::Permanent(reason)) => return (w, Done::Dead(format!("handler refused: {reason}"))),
-            Err(HandlerError::Transient(reason)) => {
-                if w.token >= cfg.max_deliveries {
-                    let r = format!("handler failed {} times, last error: {reason}", w.token);
-                    return (w, Done::Dead(r));
-                }
+        let result = handler.handle(&event, &delivery).await;
+        match after_handler(result, w.token, &policy, fastrand::f64()) {
+            Next::Commit(effects) => return (w, Done::Effects(event, effects)),
+            Next::DeadLetter(reason) => return (w, Done::Dead(reason)),
+            Next::Retry { after } => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff(w.token as u32, cfg.backoff_base, cfg.backoff_max, fastrand::f64())).await;
+                tokio::time::sleep(after).await;
                 match store.retry(&mut conn, name, &w.entry.id, w.token).await {
                     Ok(Some(t)) => w.token = t,
                     // Someone else holds it now; they will deliver it.

@@ -230,6 +230,70 @@ impl fmt::Display for Effect {
     }
 }
 
+/// Why a handler did not produce effects.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (with backoff) until `max_deliveries`.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed: dead-letter at once with this reason.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Retry and dead-letter policy of a consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries after which an entry is dead-lettered.
+    pub max_deliveries: u64,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Decision for a delivered entry, before any handler runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Handle(Event),
+    DeadLetter(String),
+}
+
+/// Decodes a delivered entry and checks its delivery count (`token`) against the policy.
+pub fn admit(fields: &[(Vec<u8>, Vec<u8>)], token: u64, policy: &RetryPolicy, max_payload: usize) -> Admit {
+    match decode_entry(fields, max_payload) {
+        Err(e) => Admit::DeadLetter(format!("malformed entry: {e}")),
+        Ok(_) if token > policy.max_deliveries => {
+            Admit::DeadLetter(format!("delivered {token} times, more than max_deliveries {}", policy.max_deliveries))
+        }
+        Ok(ev) => Admit::Handle(ev),
+    }
+}
+
+/// Decision after a handler ran on delivery `token`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Commit these effects with the ack (fenced, ledgered).
+    Commit(Vec<Effect>),
+    DeadLetter(String),
+    /// Wait, take another delivery (bumping the token), and run the handler again.
+    Retry {
+        after: Duration,
+    },
+}
+
+/// `unit` is a uniform draw from [0, 1) for the backoff jitter.
+pub fn after_handler(result: Result<Vec<Effect>, HandlerError>, token: u64, policy: &RetryPolicy, unit: f64) -> Next {
+    match result {
+        Ok(effects) => Next::Commit(effects),
+        Err(HandlerError::Permanent(reason)) => Next::DeadLetter(format!("handler refused: {reason}")),
+        Err(HandlerError::Transient(reason)) if token >= policy.max_deliveries => {
+            Next::DeadLetter(format!("handler failed {token} times, last error: {reason}"))
+        }
+        Err(HandlerError::Transient(_)) => Next::Retry {
+            after: backoff(token.min(u32::MAX as u64) as u32, policy.backoff_base, policy.backoff_max, unit),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +338,27 @@ mod tests {
         f[2].1 = b"00000000000000000000000000000000".to_vec();
         assert!(matches!(decode_entry(&f, 1024), Err(DecodeError::IdMismatch { .. })));
         assert!(matches!(decode_entry(&encode_entry(&ev()), 0), Err(DecodeError::Oversized { .. })));
+    }
+
+    #[test]
+    fn decisions() {
+        let p = RetryPolicy {
+            max_deliveries: 3,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+        };
+        let f = encode_entry(&ev());
+        assert_eq!(admit(&f, 3, &p, 1024), Admit::Handle(ev()));
+        assert_eq!(admit(&f, 4, &p, 1024), Admit::DeadLetter("delivered 4 times, more than max_deliveries 3".into()));
+        assert_eq!(admit(&[], 1, &p, 1024), Admit::DeadLetter("malformed entry: missing field `k`".into()));
+        let t = || Err(HandlerError::Transient("down".into()));
+        assert_eq!(after_handler(t(), 1, &p, 1.0), Next::Retry { after: Duration::from_millis(10) });
+        assert_eq!(after_handler(t(), 3, &p, 1.0), Next::DeadLetter("handler failed 3 times, last error: down".into()));
+        assert_eq!(
+            after_handler(Err(HandlerError::Permanent("gone".into())), 1, &p, 0.5),
+            Next::DeadLetter("handler refused: gone".into())
+        );
+        assert_eq!(after_handler(Ok(vec![]), 1, &p, 0.5), Next::Commit(vec![]));
     }
 
     #[test]
