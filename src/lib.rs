@@ -10,6 +10,7 @@
 //!   directly: they call the capture script, whose index removal is the deduplication.
 //! - [`consume`]: consumers, the [`consume::Handler`] trait, reclaim, retries, dead letters.
 //!   Never commits outside the fenced commit script.
+//! - [`fault`]: named fault points, armed per process by `EXPIRY_STREAM_FAULTS`.
 //! - [`workload`]: the paced producer used by `produce`, `run` and the tests.
 //! - [`oracle`]: created vs effected ledgers and the verdict. Never trusts library counters.
 //! - [`provision`]: Redis for tests and `run`: a container or a `redis-server` process.
@@ -36,6 +37,7 @@ pub mod bench;
 pub mod capture;
 pub mod consume;
 pub mod core;
+pub mod fault;
 pub mod model;
 pub mod oracle;
 pub mod provision;

@@ -15,7 +15,7 @@ use expiry_stream::consume::{ConsumerConfig, Handler};
 use expiry_stream::oracle::{self, RecordHandler};
 use expiry_stream::provision::{Choice, RedisServer};
 use expiry_stream::run::{self, RunConfig, Running};
-use expiry_stream::store::Store;
+use expiry_stream::store::{LedgerConfig, Store};
 use expiry_stream::workload::{self, WorkloadConfig};
 
 #[derive(Parser)]
@@ -74,6 +74,10 @@ struct Consumers {
     /// Deliveries before an entry is dead-lettered.
     #[arg(long, default_value_t = 5)]
     max_deliveries: u64,
+    /// How long the ledger remembers an event id after its deadline's bucket, ms (replays
+    /// older than this are not suppressed).
+    #[arg(long, default_value_t = 24 * 3600 * 1000)]
+    ledger_retention_ms: u64,
 }
 
 impl Consumers {
@@ -84,6 +88,10 @@ impl Consumers {
             claim_idle: Duration::from_millis(self.claim_idle_ms),
             claim_interval: Duration::from_millis((self.claim_idle_ms / 4).clamp(50, 1000)),
             max_deliveries: self.max_deliveries.max(1),
+            ledger: LedgerConfig {
+                retention: Duration::from_millis(self.ledger_retention_ms),
+                ..LedgerConfig::default()
+            },
             ..ConsumerConfig::default()
         }
     }
@@ -234,6 +242,7 @@ fn handler_named(name: &str, store: &Store, work_ms: u64) -> anyhow::Result<Arc<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    expiry_stream::fault::init_from_env().map_err(|e| anyhow::anyhow!("EXPIRY_STREAM_FAULTS: {e}"))?;
     match cli.cmd {
         Cmd::Run { common, workload, consumers, listeners, sweepers, report, drain_timeout_s } => {
             let (server, url) = provision(&common).await?;

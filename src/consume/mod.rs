@@ -179,6 +179,7 @@ pub async fn run_consumer(
         if work.is_empty() {
             continue;
         }
+        crate::fault::point("consume::after_read").await;
         process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
     }
     Ok(())
@@ -225,7 +226,10 @@ async fn process(
             .iter()
             .map(|(w, ev, effects)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects })
             .collect();
-        match store.commit(conn, name, cfg.ledger, &items).await {
+        crate::fault::point("consume::before_commit").await;
+        let result = store.commit(conn, name, cfg.ledger, &items).await;
+        crate::fault::point("consume::after_commit").await;
+        match result {
             Ok(outcomes) => {
                 for o in outcomes {
                     let c = match o {
