@@ -133,6 +133,9 @@ pub async fn run_consumer(
     let mut cursor = "0-0".to_string();
     let mut last_claim = Instant::now();
     let mut last_prune = Instant::now();
+    // The commit of one batch runs (on the shared connection) while the next batch is read
+    // and handled: one commit in flight at most, awaited before the next and at shutdown.
+    let mut committing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -180,9 +183,54 @@ pub async fn run_consumer(
             continue;
         }
         crate::fault::point("consume::after_read").await;
-        process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
+        let finished = process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
+        if let Some(prev) = committing.take() {
+            let _ = prev.await;
+        }
+        if !finished.is_empty() {
+            let task = commit_batch(store.clone(), name.clone(), cfg.ledger, finished, stats.clone());
+            committing = Some(tokio::spawn(task));
+        }
+    }
+    if let Some(prev) = committing.take() {
+        let _ = prev.await;
     }
     Ok(())
+}
+
+/// One fenced commit call for a handled batch; counts what the script decided.
+async fn commit_batch(
+    store: Store,
+    name: String,
+    ledger: crate::store::LedgerConfig,
+    finished: Vec<(Work, Event, Vec<Effect>)>,
+    stats: Arc<ConsumerStats>,
+) {
+    let items: Vec<CommitItem<'_>> = finished
+        .iter()
+        .map(|(w, ev, effects)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects })
+        .collect();
+    crate::fault::point("consume::before_commit").await;
+    let result = store.commit(&mut store.conn.clone(), &name, ledger, &items).await;
+    crate::fault::point("consume::after_commit").await;
+    match result {
+        Ok(outcomes) => {
+            for o in outcomes {
+                let c = match o {
+                    CommitOutcome::Committed => &stats.committed,
+                    CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
+                    CommitOutcome::NotOwner => &stats.fenced,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
+        // the ledger makes the second attempt safe whatever happened to this one.
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("{name}: commit failed: {e}");
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,7 +243,7 @@ async fn process(
     stats: &ConsumerStats,
     stop: &watch::Receiver<bool>,
     work: Vec<Work>,
-) {
+) -> Vec<(Work, Event, Vec<Effect>)> {
     let mut finished: Vec<(Work, Event, Vec<Effect>)> = Vec::with_capacity(work.len());
     let mut release: Vec<String> = vec![];
     let mut queue = work.into_iter();
@@ -221,38 +269,12 @@ async fn process(
             }
         }
     }
-    if !finished.is_empty() {
-        let items: Vec<CommitItem<'_>> = finished
-            .iter()
-            .map(|(w, ev, effects)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects })
-            .collect();
-        crate::fault::point("consume::before_commit").await;
-        let result = store.commit(conn, name, cfg.ledger, &items).await;
-        crate::fault::point("consume::after_commit").await;
-        match result {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    let c = match o {
-                        CommitOutcome::Committed => &stats.committed,
-                        CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
-                        CommitOutcome::NotOwner => &stats.fenced,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
-            // the ledger makes the second attempt safe whatever happened to this one.
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("{name}: commit failed: {e}");
-            }
-        }
-    }
     if !release.is_empty() {
         if let Ok(n) = store.release(conn, name, &release, cfg.claim_idle * 10).await {
             stats.released.fetch_add(n, Ordering::Relaxed);
         }
     }
+    finished
 }
 
 async fn dead_letter(

@@ -396,7 +396,7 @@ impl Store {
     /// The fenced commit of a batch: one script call.
     pub async fn commit(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
         consumer: &str,
         ledger: LedgerConfig,
         items: &[CommitItem<'_>],
