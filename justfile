@@ -20,9 +20,10 @@ quick:
 fmt-check:
     cargo fmt --check
 
-# Unit tests of the pure core, store parsing and oracle arithmetic.
+# Unit tests of the pure core, store parsing and oracle arithmetic; the README and doc examples compile.
 unit:
     cargo test --lib --bins
+    cargo test --doc
 
 # Integration tests against real Redis, on both backends (container, then process).
 integration: integration-container integration-process

@@ -50,3 +50,8 @@ pub mod sim;
 pub mod store;
 pub mod timer;
 pub mod workload;
+
+/// The README's examples compile (checked by `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -25,12 +25,21 @@ pub fn markdown(r: &RunReport) -> String {
         r.config.sweepers
     );
     let _ = writeln!(s, "## Oracle (created vs effected ledgers)\n");
-    let _ = writeln!(s, "| created | effected | lost | duplicate effects | unexpected | dead-lettered | library: suppressed replays |");
+    let _ = writeln!(
+        s,
+        "| created | effected | lost | duplicate effects | unexpected | dead-lettered | library: suppressed replays |"
+    );
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         s,
         "| {} | {} | **{}** | **{}** | {} | {} | {} |\n",
-        o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered, o.duplicates_suppressed
+        o.created,
+        o.effected,
+        o.lost,
+        o.duplicate_effects,
+        o.unexpected_effects,
+        o.dead_lettered,
+        o.duplicates_suppressed
     );
     let _ = writeln!(s, "## Performance\n");
     let _ = writeln!(s, "| figure | value |\n|---|---:|");
@@ -87,7 +96,11 @@ fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> S
     for (i, (name, color, pts)) in series.iter().enumerate() {
         svg.push_str(&polyline(pts, x_max, y_max, w, h, color));
         let lx = 250.0 + 150.0 * i as f64;
-        let _ = write!(svg, r#"<rect x="{lx}" y="7" width="12" height="3" fill="{color}"/><text x="{}" y="13">{name}</text>"#, lx + 16.0);
+        let _ = write!(
+            svg,
+            r#"<rect x="{lx}" y="7" width="12" height="3" fill="{color}"/><text x="{}" y="13">{name}</text>"#,
+            lx + 16.0
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -129,10 +142,7 @@ pub fn html(r: &RunReport) -> String {
         &[("p99", "#8c564b", t.iter().filter(|s| s.p99_ms > 0).map(|s| (s.t_s, s.p99_ms as f64)).collect())],
     );
     let md = markdown(r);
-    let table: String = md
-        .lines()
-        .map(|l| format!("{}\n", l.replace('&', "&amp;").replace('<', "&lt;")))
-        .collect();
+    let table: String = md.lines().map(|l| format!("{}\n", l.replace('&', "&amp;").replace('<', "&lt;"))).collect();
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>expiry-stream run report</title>\
          <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\

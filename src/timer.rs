@@ -43,7 +43,8 @@ static TIMER: OnceLock<&'static Timer> = OnceLock::new();
 
 fn timer() -> &'static Timer {
     TIMER.get_or_init(|| {
-        let t: &'static Timer = Box::leak(Box::new(Timer { heap: Mutex::new((BinaryHeap::new(), 0)), cv: Condvar::new() }));
+        let t: &'static Timer =
+            Box::leak(Box::new(Timer { heap: Mutex::new((BinaryHeap::new(), 0)), cv: Condvar::new() }));
         std::thread::Builder::new().name("precise-timer".into()).spawn(move || run(t)).expect("spawn timer thread");
         t
     })
