@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration run-smoke
+verify: fmt-check unit integration run-smoke full
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -50,3 +50,7 @@ bench keys="1000000":
 # Lints (not part of verify: clippy is a second full compile on 2 cores).
 lint:
     cargo clippy --all-targets -- -D warnings
+
+# The seed's full run: 3,000,000 keys, 64 consumers, 5 ms work; report in reports/seed-3m.{json,md,html}.
+full:
+    cargo test --release --test full -- --ignored --nocapture

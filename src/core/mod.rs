@@ -204,8 +204,15 @@ pub fn ledger_bucket(deadline_ms: i64, bucket_ms: i64) -> i64 {
     deadline_ms.div_euclid(bucket_ms.max(1))
 }
 
+/// Commands a handler's Redis-side effects may use (the allow-list in `commit.lua`): writes
+/// to keys, nothing that blocks, scripts, or changes server state.
+pub const EFFECT_COMMANDS: &[&str] = &[
+    "SET", "HSET", "HINCRBY", "INCRBY", "INCR", "RPUSH", "LPUSH", "SADD", "ZADD", "XADD", "DEL", "PEXPIRE", "EXPIRE",
+    "ZINCRBY", "HDEL", "SREM",
+];
+
 /// A Redis-side effect a handler asks to be committed atomically with the ack:
-/// a command from the allow-list in `commit.lua` and its arguments.
+/// a command from [`EFFECT_COMMANDS`] and its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effect {
     pub args: Vec<Vec<u8>>,
@@ -220,6 +227,21 @@ impl Effect {
         let mut v = vec![command.as_bytes().to_vec()];
         v.extend(args.into_iter().map(|a| a.as_ref().to_vec()));
         Effect { args: v }
+    }
+}
+
+impl Effect {
+    /// Why this effect cannot be committed, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(cmd) = self.args.first() else { return Err("empty effect".into()) };
+        let name = String::from_utf8_lossy(cmd).to_ascii_uppercase();
+        if !EFFECT_COMMANDS.contains(&name.as_str()) {
+            return Err(format!("effect command not allowed: {}", show(cmd)));
+        }
+        if self.args.len() < 2 {
+            return Err(format!("effect {name} names no key"));
+        }
+        Ok(())
     }
 }
 
@@ -283,7 +305,10 @@ pub enum Next {
 /// `unit` is a uniform draw from [0, 1) for the backoff jitter.
 pub fn after_handler(result: Result<Vec<Effect>, HandlerError>, token: u64, policy: &RetryPolicy, unit: f64) -> Next {
     match result {
-        Ok(effects) => Next::Commit(effects),
+        Ok(effects) => match effects.iter().try_for_each(Effect::check) {
+            Ok(()) => Next::Commit(effects),
+            Err(why) => Next::DeadLetter(format!("handler returned a bad effect: {why}")),
+        },
         Err(HandlerError::Permanent(reason)) => Next::DeadLetter(format!("handler refused: {reason}")),
         Err(HandlerError::Transient(reason)) if token >= policy.max_deliveries => {
             Next::DeadLetter(format!("handler failed {token} times, last error: {reason}"))
@@ -359,6 +384,13 @@ mod tests {
             Next::DeadLetter("handler refused: gone".into())
         );
         assert_eq!(after_handler(Ok(vec![]), 1, &p, 0.5), Next::Commit(vec![]));
+        let eval = Effect::new("EVAL", ["return 1", "0"]);
+        assert_eq!(
+            after_handler(Ok(vec![eval]), 1, &p, 0.5),
+            Next::DeadLetter("handler returned a bad effect: effect command not allowed: EVAL".into())
+        );
+        assert!(Effect::new("rpush", ["k", "v"]).check().is_ok());
+        assert!(Effect { args: vec![] }.check().is_err());
     }
 
     #[test]

@@ -393,7 +393,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The fenced commit of a batch: one script call.
+    /// The fenced commit of one consumer's batch: one script call.
     pub async fn commit(
         &self,
         conn: &mut (impl redis::aio::ConnectionLike + Send),
@@ -401,17 +401,33 @@ impl Store {
         ledger: LedgerConfig,
         items: &[CommitItem<'_>],
     ) -> Result<Vec<CommitOutcome>> {
+        let items: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|i| (consumer, i)).collect();
+        self.commit_many(conn, ledger, &items).await
+    }
+
+    /// The fenced commit of entries from several consumers (group commit): one script call;
+    /// each entry is fenced against its own consumer.
+    pub async fn commit_many(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+        ledger: LedgerConfig,
+        items: &[(&str, &CommitItem<'_>)],
+    ) -> Result<Vec<CommitOutcome>> {
         let mut inv = self.scripts.commit.prepare_invoke();
         inv.key(&self.keys.stream).key(&self.keys.stats);
         inv.arg(&self.group)
-            .arg(consumer)
             .arg(&self.keys.ledger_prefix)
             .arg(ledger.bucket.as_millis() as u64)
             .arg(ledger.retention.as_millis() as u64)
             .arg(ledger.safety.arg())
             .arg(items.len());
-        for it in items {
-            inv.arg(it.entry_id).arg(it.token).arg(&it.event.event_id).arg(it.event.deadline_ms).arg(it.effects.len());
+        for (consumer, it) in items {
+            inv.arg(it.entry_id)
+                .arg(*consumer)
+                .arg(it.token)
+                .arg(&it.event.event_id)
+                .arg(it.event.deadline_ms)
+                .arg(it.effects.len());
             for e in it.effects {
                 inv.arg(e.args.len());
                 for a in &e.args {

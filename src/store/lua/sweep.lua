@@ -11,4 +11,5 @@ end
 local first = redis.call('ZRANGE', idx, 0, 0, 'WITHSCORES')
 local nxt = -1
 if first[2] then nxt = tonumber(first[2]) end
+flush_counts(stats)
 return {emitted, #due, nxt, now}

@@ -15,4 +15,5 @@ for i = 5, #KEYS do
   redis.call('HSET', pay, key, value)
   out[#out + 1] = dl
 end
+flush_counts(stats)
 return out
