@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration run-smoke full
+verify: fmt-check unit integration run-smoke full fuzz-smoke
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -54,3 +54,21 @@ lint:
 # The seed's full run: 3,000,000 keys, 64 consumers, 5 ms work; report in reports/seed-3m.{json,md,html}.
 full:
     cargo test --release --test full -- --ignored --nocapture
+
+# Every fuzz target for a short fixed time (FUZZ_SECONDS, default 30) on the stable toolchain (no sanitizer: `-s none`).
+fuzz-smoke:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    cargo fuzz build -s none -O
+    for t in $(cargo fuzz list); do
+        mkdir -p corpus/$t
+        echo "fuzz $t for ${FUZZ_SECONDS:-30}s"
+        if ! cargo fuzz run -s none -O $t corpus/$t seeds/$t -- -max_total_time=${FUZZ_SECONDS:-30} -timeout=10 > corpus/$t.log 2>&1; then
+            tail -40 corpus/$t.log
+            echo "fuzz target $t failed; the input is in fuzz/artifacts/$t: add it as a regression test"
+            exit 1
+        fi
+        grep -E "^Done" corpus/$t.log
+    done

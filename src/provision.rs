@@ -101,6 +101,7 @@ impl RedisServer {
     }
 
     /// Stops and removes the server now (drop does the same, best effort).
+    #[cfg_attr(not(feature = "containers"), allow(unused_mut))]
     pub async fn stop(mut self) {
         #[cfg(feature = "containers")]
         if let Guard::Container(c) = &mut self.guard {

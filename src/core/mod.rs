@@ -111,6 +111,37 @@ fn parse_i64(field: &'static str, v: &[u8]) -> Result<i64, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid { field, expected: "a non-negative integer", got: show(v) })
 }
 
+/// A keyspace notification, parsed from its pub/sub channel and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub db: u32,
+    /// The event name, e.g. `expired`.
+    pub event: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Parses `__keyevent@<db>__:<event>` (payload: the key) or `__keyspace@<db>__:<key>`
+/// (payload: the event). Anything else is `None`: a listener ignores what it cannot read.
+pub fn parse_notification(channel: &[u8], payload: &[u8]) -> Option<Notification> {
+    let (keyevent, rest) = if let Some(r) = channel.strip_prefix(b"__keyevent@") {
+        (true, r)
+    } else {
+        (false, channel.strip_prefix(b"__keyspace@")?)
+    };
+    let sep = rest.windows(3).position(|w| w == b"__:")?;
+    let db_digits = &rest[..sep];
+    if db_digits.is_empty() || db_digits.len() > 9 || !db_digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let db = std::str::from_utf8(db_digits).ok()?.parse().ok()?;
+    let tail = &rest[sep + 3..];
+    let (event, key) = if keyevent { (tail, payload) } else { (payload, tail) };
+    if event.is_empty() {
+        return None;
+    }
+    Some(Notification { db, event: event.to_vec(), key: key.to_vec() })
+}
+
 /// Decodes the fields of one stream entry written by the capture script.
 /// Strict on purpose: anything the capture script would not write is refused with a
 /// reason, so a stray `XADD` by another program lands in the dead-letter stream, never in
@@ -363,6 +394,19 @@ mod tests {
         f[2].1 = b"00000000000000000000000000000000".to_vec();
         assert!(matches!(decode_entry(&f, 1024), Err(DecodeError::IdMismatch { .. })));
         assert!(matches!(decode_entry(&encode_entry(&ev()), 0), Err(DecodeError::Oversized { .. })));
+    }
+
+    #[test]
+    fn notifications() {
+        let n = parse_notification(b"__keyevent@0__:expired", b"k:1").unwrap();
+        assert_eq!((n.db, n.event.as_slice(), n.key.as_slice()), (0, b"expired".as_slice(), b"k:1".as_slice()));
+        let n = parse_notification(b"__keyspace@12__:a__:b", b"expired").unwrap();
+        assert_eq!((n.db, n.key.as_slice()), (12, b"a__:b".as_slice()));
+        for bad in
+            [&b"__keyevent@__:expired"[..], b"__keyevent@x__:expired", b"other", b"__keyevent@0__:", b"__keyevent@0"]
+        {
+            assert_eq!(parse_notification(bad, b"k"), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
