@@ -14,7 +14,7 @@ verify: fmt-check unit integration run-smoke full fuzz-smoke
 # Inner loop: unit tests and integration tests on a redis-server process.
 quick:
     cargo test --lib --bins
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
 
 # Formatting check (no changes made).
 fmt-check:
@@ -31,11 +31,11 @@ integration: integration-container integration-process
 # Integration tests with Redis in a container (builds the local image if missing).
 integration-container:
     scripts/build-redis-image.sh
-    EXPIRY_STREAM_REDIS=container cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=container cargo test --test pipeline --test bad_input
 
 # Integration tests with Redis as a local redis-server process.
 integration-process:
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
 
 # The main job with its defaults (100,000 keys, 64 consumers); fails unless the oracle says 0 lost, 0 duplicates.
 run-smoke:

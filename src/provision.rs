@@ -235,3 +235,17 @@ async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError
 async fn start_container(_extra: &[String]) -> Result<RedisServer, ProvisionError> {
     Err(ProvisionError::Unavailable("built without the `containers` feature".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_parses_and_refuses() {
+        assert_eq!(Choice::parse("").unwrap(), Choice::Auto);
+        assert_eq!(Choice::parse("process").unwrap(), Choice::Process);
+        assert_eq!(Choice::parse("redis://h:1/").unwrap(), Choice::Url("redis://h:1/".into()));
+        let e = Choice::parse("docker").unwrap_err().to_string();
+        assert!(e.contains("\"docker\" is not one of container, process, auto"), "{e}");
+    }
+}

@@ -610,3 +610,31 @@ pub fn parse_xread(v: &Value) -> Result<Vec<RawEntry>> {
         other => Err(bad("XREADGROUP", other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xread_replies_of_every_shape() {
+        let entry = Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("k"), bulk("v")])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s"), Value::Array(vec![entry.clone()])])]);
+        let resp3 = Value::Map(vec![(bulk("s"), Value::Array(vec![entry]))]);
+        let want = vec![RawEntry { id: "1-0".into(), fields: vec![(b"k".to_vec(), b"v".to_vec())] }];
+        assert_eq!(parse_xread(&resp2).unwrap(), want);
+        assert_eq!(parse_xread(&resp3).unwrap(), want);
+        assert_eq!(parse_xread(&Value::Nil).unwrap(), vec![]);
+        // Truncated: a field without its value, and an entry whose fields are nil (deleted).
+        let odd = Value::Array(vec![Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("k")])])]);
+        assert_eq!(parse_entries(&odd).unwrap()[0].fields, vec![(b"k".to_vec(), vec![])]);
+        let deleted = Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Nil])]);
+        assert_eq!(parse_entries(&deleted).unwrap()[0].fields, vec![]);
+        // Wrong types are errors, not panics.
+        assert!(parse_xread(&Value::Int(3)).is_err());
+        assert!(parse_entries(&Value::Array(vec![Value::Array(vec![Value::Nil])])).is_err());
+    }
+}
