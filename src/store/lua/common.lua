@@ -26,8 +26,10 @@ end
 
 -- Outcome codes (core::CaptureOutcome): 0 nothing to do (untracked, already captured or
 -- not due), 1 emitted, 2 deadline moved, 3 persisted (dropped), 4 deleted before deadline.
-local function capture(idx, pay, stream, stats, key, via, now)
-  local s = redis.call('ZSCORE', idx, key)
+-- `s` is the key's index score when the caller already has it (the sweeper reads it with the
+-- range), else nil and it is looked up.
+local function capture(idx, pay, stream, stats, key, via, now, s)
+  s = s or redis.call('ZSCORE', idx, key)
   if not s then return 0 end
   local dl = tonumber(s)
   -- Scores are integral ms, so ZSCORE's reply is already the decimal digits.
