@@ -62,8 +62,8 @@ struct Consumers {
     /// Simulated work per key, ms.
     #[arg(long, default_value_t = 5)]
     work_ms: u64,
-    /// Entries per read and per commit.
-    #[arg(long, default_value_t = 8)]
+    /// Entries per read (1: one key at a time, the lowest latency and the most even spread).
+    #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Handlers running at once per consumer.
     #[arg(long, default_value_t = 1)]
@@ -167,6 +167,9 @@ enum Cmd {
         ttl_ms: u64,
         #[command(flatten)]
         consumers: Consumers,
+        /// Entries per read in the throughput run (overrides --batch there).
+        #[arg(long, default_value_t = 16)]
+        bench_batch: usize,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -324,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("consume: {} consumer(s), handler {handler}", consumers.consumers);
             r.until_signal().await?;
         }
-        Cmd::Bench { common, keys, ttl_ms, mut consumers, report } => {
+        Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, report } => {
             let (server, url) = provision(&common).await?;
             let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
             eprintln!("bench 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
@@ -332,6 +335,7 @@ async fn main() -> anyhow::Result<()> {
             let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
             eprintln!("bench 2/2: the pipeline, {keys} keys, no pacing, no work");
             consumers.work_ms = 0;
+            consumers.batch = bench_batch.max(1);
             let store = Store::connect(&url, &common.ns, &common.group).await?;
             let mut cfg = run_config(&consumers, 1, 1, 120);
             cfg.workload = WorkloadConfig { keys, ttl_ms, delay_us: 0, ..WorkloadConfig::default() };
