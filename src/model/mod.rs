@@ -466,6 +466,24 @@ impl Model {
         }
     }
 
+    /// `LRANGE key start -1` without the cost of the whole list (the checker reads the
+    /// effects list incrementally).
+    pub fn lrange_from(&mut self, key: &[u8], start: usize) -> CmdResult<Vec<Vec<u8>>> {
+        match self.lookup(key).map(|e| &e.value) {
+            None => Ok(vec![]),
+            Some(Value::List(l)) => Ok(l.iter().skip(start).cloned().collect()),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    pub fn llen(&mut self, key: &[u8]) -> CmdResult<usize> {
+        match self.lookup(key).map(|e| &e.value) {
+            None => Ok(0),
+            Some(Value::List(l)) => Ok(l.len()),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
     // ----- sorted sets -----
 
     fn zset(&mut self, key: &[u8]) -> CmdResult<Option<&mut ZSet>> {
