@@ -161,6 +161,10 @@ impl Protocol for ModelStore {
     }
 }
 
+fn parse<T: redis::FromRedisValue>(v: &Value) -> Result<T> {
+    redis::from_redis_value_ref(v).map_err(|e| StoreError::Reply { what: "dump", reply: e.to_string() })
+}
+
 /// [`Protocol`] over real Redis: a [`Store`] and one dedicated connection.
 pub struct RedisProtocol {
     pub store: Store,
@@ -247,23 +251,31 @@ impl Protocol for RedisProtocol {
     async fn dump(&mut self, keys: &[Vec<u8>]) -> Result<Dump> {
         let k = self.store.keys.clone();
         let c = &mut self.conn;
-        let index: Vec<(Vec<u8>, i64)> =
-            redis::cmd("ZRANGE").arg(&k.idx).arg(0).arg(-1).arg("WITHSCORES").query_async(c).await?;
-        let payloads: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL").arg(&k.pay).query_async(c).await?;
-        let mut payloads = payloads;
+        // Two round trips: everything but the ledger sets, then those (their names are
+        // bucket numbers, found with KEYS, which does not expire keys as it lists them).
+        let mut p = redis::pipe();
+        p.cmd("ZRANGE").arg(&k.idx).arg(0).arg(-1).arg("WITHSCORES");
+        p.cmd("HGETALL").arg(&k.pay);
+        p.cmd("XRANGE").arg(&k.stream).arg("-").arg("+");
+        p.cmd("XPENDING").arg(&k.stream).arg(&self.store.group).arg("-").arg("+").arg(100_000);
+        p.cmd("XRANGE").arg(&k.dead).arg("-").arg("+");
+        p.cmd("HGETALL").arg(&k.stats);
+        p.cmd("LRANGE").arg(&k.effects).arg(0).arg(-1);
+        p.cmd("KEYS").arg(format!("{}*", k.ledger_prefix));
+        for key in keys {
+            p.cmd("PEXPIRETIME").arg(key.as_slice());
+            p.cmd("GET").arg(key.as_slice());
+        }
+        let v: Vec<Value> = p.query_async(c).await?;
+        let conv = |i: usize| -> Result<&Value> {
+            v.get(i).ok_or_else(|| StoreError::Reply { what: "dump", reply: format!("{} replies", v.len()) })
+        };
+        let index: Vec<(Vec<u8>, i64)> = parse(conv(0)?)?;
+        let mut payloads: Vec<(Vec<u8>, Vec<u8>)> = parse(conv(1)?)?;
         payloads.sort();
-        let v: Value = redis::cmd("XRANGE").arg(&k.stream).arg("-").arg("+").query_async(c).await?;
-        let stream = super::parse_entries(&v)?;
-        let v: Value = redis::cmd("XPENDING")
-            .arg(&k.stream)
-            .arg(&self.store.group)
-            .arg("-")
-            .arg("+")
-            .arg(100_000)
-            .query_async(c)
-            .await?;
+        let stream = super::parse_entries(conv(2)?)?;
         let mut pending = vec![];
-        if let Reply::Array(rows) = to_reply(&v) {
+        if let Reply::Array(rows) = to_reply(conv(3)?) {
             for r in rows {
                 if let Reply::Array(f) = r {
                     match (f.first(), f.get(1), f.get(3)) {
@@ -277,28 +289,32 @@ impl Protocol for RedisProtocol {
                 }
             }
         }
-        let v: Value = redis::cmd("XRANGE").arg(&k.dead).arg("-").arg("+").query_async(c).await?;
-        let dead = super::parse_entries(&v)?;
-        let stats: Vec<(String, i64)> = redis::cmd("HGETALL").arg(&k.stats).query_async(c).await?;
-        let mut stats = stats;
+        let dead = super::parse_entries(conv(4)?)?;
+        let mut stats: Vec<(String, i64)> = parse(conv(5)?)?;
         stats.sort();
-        let mut lks: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", k.ledger_prefix)).query_async(c).await?;
+        let effects: Vec<Vec<u8>> = parse(conv(6)?)?;
+        let mut lks: Vec<String> = parse(conv(7)?)?;
         lks.sort();
-        let mut ledger = vec![];
-        for lk in lks {
-            let mut members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&lk).query_async(c).await?;
-            if members.is_empty() {
-                continue;
-            }
-            members.sort();
-            ledger.push((lk, members));
-        }
-        let effects: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&k.effects).arg(0).arg(-1).query_async(c).await?;
         let mut kv = vec![];
-        for key in keys {
-            let pt: i64 = redis::cmd("PEXPIRETIME").arg(key.as_slice()).query_async(c).await?;
-            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key.as_slice()).query_async(c).await?;
-            kv.push((key.clone(), pt, v));
+        for (i, key) in keys.iter().enumerate() {
+            let pt: i64 = parse(conv(8 + 2 * i)?)?;
+            let val: Option<Vec<u8>> = parse(conv(9 + 2 * i)?)?;
+            kv.push((key.clone(), pt, val));
+        }
+        let mut ledger = vec![];
+        if !lks.is_empty() {
+            let mut p = redis::pipe();
+            for lk in &lks {
+                p.cmd("SMEMBERS").arg(lk);
+            }
+            let sets: Vec<Vec<Vec<u8>>> = p.query_async(c).await?;
+            for (lk, mut members) in lks.into_iter().zip(sets) {
+                if members.is_empty() {
+                    continue;
+                }
+                members.sort();
+                ledger.push((lk, members));
+            }
         }
         Ok(Dump { index, payloads, stream, pending, dead, stats, ledger, effects, keys: kv })
     }
