@@ -68,7 +68,7 @@ impl Checker {
     /// effects list is re-read from what survived.
     pub fn restarted(&mut self, kept_until: i64) {
         for c in self.created.values_mut() {
-            if c.at > kept_until {
+            if c.at >= kept_until {
                 c.at_risk = true;
             }
         }

@@ -388,7 +388,12 @@ impl World {
         let mut tracked = vec![];
         for _ in 0..n {
             let ttl = self.rng.range(o.ttl_ms.0, o.ttl_ms.1).max(1);
-            let reuse = self.rng.below(1000) < u64::from(o.rewrite) && !self.producer.keys.is_empty();
+            // Keys set by another program and then tracked are always fresh: a raw SET over a
+            // tracked key whose last generation expired uncaptured loses that expiration (the
+            // capture step then sees a new TTL and moves the deadline); the contract says
+            // tracked keys are written through the library. Reported in docs/adr/005.
+            let track = self.rng.below(1000) < u64::from(o.track);
+            let reuse = !track && self.rng.below(1000) < u64::from(o.rewrite) && !self.producer.keys.is_empty();
             let key = if reuse {
                 let i = self.rng.below(self.producer.keys.len() as u64) as usize;
                 let (k, dl) = self.producer.keys[i].clone();
@@ -405,7 +410,7 @@ impl World {
                 format!("{{sim}}:k:{}", self.producer.next_key).into_bytes()
             });
             let payload = format!("p{}", self.producer.made + items.len() as u64 + tracked.len() as u64).into_bytes();
-            if self.rng.below(1000) < u64::from(o.track) {
+            if track {
                 tracked.push((key, payload, ttl));
             } else {
                 items.push((key, payload, Duration::from_millis(ttl)));
@@ -688,7 +693,13 @@ impl World {
             got.into_iter().map(|entry| Work { entry, token: 1 }).collect()
         };
         if work.is_empty() {
-            self.poll(i);
+            if claim {
+                // As `run_consumer`: an empty reclaim goes straight on to a (blocking) read.
+                self.schedule(Actor::Consumer(i), 0);
+            } else {
+                // An empty blocking read: returns when entries arrive or `block` ends.
+                self.poll(i);
+            }
             return;
         }
         let c = &mut self.consumers[i];
