@@ -63,19 +63,26 @@ enum Op {
     Replay(usize),
     Garbage,
     Advance,
+    /// Composite (expanded by `paced`): sweep, read, commit what was read, as a consumer does.
+    Flow(usize, u8),
+    /// Composite: replay an event seen earlier, read it, commit it (the ledger's case).
+    ReplayFlow(usize, usize),
+    /// Composite: A reads, pauses past the claim timeout, B reclaims, A commits late, then B
+    /// (the fence's case), with safety switches from the u8.
+    StaleFlow(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let k = 0..KEYS;
     let c = 0..CONSUMERS;
     prop_oneof![
-        4 => proptest::collection::vec((k.clone(), any::<bool>(), any::<u8>()), 1..3).prop_map(Op::Write),
+        4 => proptest::collection::vec((k.clone(), proptest::bool::weighted(0.3), any::<u8>()), 1..3).prop_map(Op::Write),
         1 => (k.clone(), any::<bool>()).prop_map(|(k, l)| Op::SetRaw(k, l)),
         1 => k.clone().prop_map(Op::Track),
         2 => proptest::collection::vec(k.clone(), 1..4).prop_map(Op::Capture),
-        3 => (1..4usize).prop_map(Op::Sweep),
-        3 => (c.clone(), 1..4usize).prop_map(|(c, n)| Op::Read(c, n)),
-        2 => (c.clone(), any::<bool>(), 1..4usize).prop_map(|(c, i, n)| Op::Claim(c, i, n)),
+        4 => (1..4usize).prop_map(Op::Sweep),
+        4 => (c.clone(), 1..4usize).prop_map(|(c, n)| Op::Read(c, n)),
+        4 => (c.clone(), any::<bool>(), 1..4usize).prop_map(|(c, i, n)| Op::Claim(c, i, n)),
         4 => (c.clone(), any::<usize>(), 1..3usize, 0..4u8, proptest::bool::weighted(0.1))
             .prop_map(|(c, p, n, s, bad)| Op::Commit(c, p, n, s, bad)),
         1 => (c.clone(), any::<usize>()).prop_map(|(c, p)| Op::DeadLetter(c, p)),
@@ -87,7 +94,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => k.clone().prop_map(Op::Get),
         1 => any::<usize>().prop_map(Op::Replay),
         1 => Just(Op::Garbage),
-        2 => Just(Op::Advance),
+        3 => Just(Op::Advance),
+        3 => (c.clone(), 0..4u8).prop_map(|(c, s)| Op::Flow(c, s)),
+        2 => (c.clone(), any::<usize>()).prop_map(|(c, p)| Op::ReplayFlow(c, p)),
+        2 => (c.clone(), 0..4u8).prop_map(|(c, s)| Op::StaleFlow(c, s)),
     ]
 }
 
@@ -411,6 +421,7 @@ async fn apply<P: Protocol>(p: &mut P, side: &mut Side, keys: &[Vec<u8>], effect
             p.advance(ADVANCE).await;
             "advanced".into()
         }
+        Op::Flow(..) | Op::ReplayFlow(..) | Op::StaleFlow(..) => unreachable!("expanded by `paced`"),
     }
 }
 
@@ -424,7 +435,23 @@ fn stream_key(effects_key: &str) -> String {
 fn paced(ops: &[Op]) -> Vec<Op> {
     let mut out = vec![];
     let mut since = 0;
-    for op in ops {
+    let expanded = ops.iter().flat_map(|op| match op {
+        Op::Flow(c, s) => vec![Op::Sweep(4), Op::Read(*c, 3), Op::Commit(*c, 0, 3, *s, false)],
+        Op::ReplayFlow(c, p) => vec![Op::Replay(*p), Op::Read(*c, 3), Op::Commit(*c, 0, 3, 0, false)],
+        Op::StaleFlow(a, s) => {
+            let b = 1 - *a;
+            vec![
+                Op::Sweep(4),
+                Op::Read(*a, 2),
+                Op::Advance,
+                Op::Claim(b, true, 2),
+                Op::Commit(*a, 0, 2, *s, false),
+                Op::Commit(b, 0, 2, *s, false),
+            ]
+        }
+        other => vec![other.clone()],
+    });
+    for op in expanded {
         if matches!(op, Op::Advance) {
             since = 0;
         } else {
@@ -434,9 +461,33 @@ fn paced(ops: &[Op]) -> Vec<Op> {
                 since = 1;
             }
         }
-        out.push(op.clone());
+        out.push(op);
     }
     out
+}
+
+/// What the generated sequences exercised (replies that did something), so the test cannot
+/// pass by never reaching the interesting states.
+static COVERAGE: [std::sync::atomic::AtomicU64; 6] = [const { std::sync::atomic::AtomicU64::new(0) }; 6];
+const COVERAGE_NAMES: [&str; 6] = ["emitted", "read", "reclaimed", "committed", "fenced", "suppressed"];
+
+fn cover(op: &Op, reply: &str) {
+    let hit = |i: usize| {
+        COVERAGE[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    match op {
+        Op::Sweep(_) if !reply.starts_with("0 ") => hit(0),
+        Op::Read(..) if reply.contains('[') => hit(1),
+        Op::Claim(..) if reply.contains('[') => hit(2),
+        Op::Commit(..) => {
+            for (i, w) in [(3, "Committed"), (4, "NotOwner"), (5, "AlreadyApplied")] {
+                if reply.contains(w) {
+                    hit(i);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Why a case did not pass.
@@ -485,6 +536,10 @@ async fn run_case_inner(url: &str, case: u64, ops: &[Op]) -> Result<(), (String,
     for (i, op) in ops.iter().enumerate() {
         let r = apply(&mut real, &mut rs, &keys, &effects_key, op).await;
         let m = apply(&mut model, &mut ms, &keys, &effects_key, op).await;
+        cover(op, &r);
+        if std::env::var_os("DIFFERENTIAL_TRACE").is_some() {
+            eprintln!("case {case} step {i} {op:?} -> {r}");
+        }
         if matches!(op, Op::Advance) {
             epoch = std::time::Instant::now();
         } else {
@@ -528,7 +583,7 @@ fn model_and_redis_agree_on_generated_sequences() {
         // Keys expire only when touched, on both sides (the model's active expiry is off).
         let _: () = redis::cmd("DEBUG").arg("SET-ACTIVE-EXPIRE").arg(0).query_async(&mut c).await.unwrap();
     });
-    let cases: u32 = std::env::var("DIFFERENTIAL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let cases: u32 = std::env::var("DIFFERENTIAL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let mut runner = TestRunner::new(Config {
         cases,
         max_shrink_iters: 200,
@@ -539,7 +594,7 @@ fn model_and_redis_agree_on_generated_sequences() {
     let counter = std::sync::atomic::AtomicU64::new(0);
     let ops_run = std::sync::atomic::AtomicU64::new(0);
     let slow = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(&proptest::collection::vec(op(), 10..40), |ops| {
+    let result = runner.run(&proptest::collection::vec(op(), 12..36), |ops| {
         let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ops_run.fetch_add(paced(&ops).len() as u64, std::sync::atomic::Ordering::Relaxed);
         match rt.block_on(run_case(&url, case, &ops)) {
@@ -560,6 +615,15 @@ fn model_and_redis_agree_on_generated_sequences() {
     );
     if let Err(e) = result {
         panic!("{e}");
+    }
+    let cov: Vec<String> = COVERAGE
+        .iter()
+        .zip(COVERAGE_NAMES)
+        .map(|(c, n)| format!("{n} {}", c.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect();
+    eprintln!("differential coverage (operations that did something): {}", cov.join(", "));
+    for (c, n) in COVERAGE.iter().zip(COVERAGE_NAMES) {
+        assert!(c.load(std::sync::atomic::Ordering::Relaxed) > 0, "no generated sequence reached `{n}`");
     }
     let slow = slow.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
