@@ -12,6 +12,9 @@ use super::CmdResult;
 
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// `XAUTOCLAIM`'s reply: next cursor, claimed entries, ids dropped because they were deleted.
+pub type Claimed = (StreamId, Vec<(StreamId, Fields)>, Vec<StreamId>);
+
 /// A stream entry id `ms-seq`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
@@ -118,7 +121,7 @@ impl Stream {
         start: StreamId,
         count: usize,
         now: i64,
-    ) -> CmdResult<(StreamId, Vec<(StreamId, Fields)>, Vec<StreamId>)> {
+    ) -> CmdResult<Claimed> {
         let entries = &self.entries;
         let g = self.groups.get_mut(group).ok_or_else(|| nogroup(group))?;
         let mut count = count.max(1);

@@ -111,10 +111,13 @@ fn ttl(key: usize, long: bool, base: u64) -> u64 {
     }
 }
 
+/// An entry a consumer holds: id, token, fields.
+type HeldEntry = (String, u64, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// One side's view: what its consumers hold, and its normalisation tables.
 #[derive(Default)]
 struct Side {
-    held: [Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)>; CONSUMERS],
+    held: [Vec<HeldEntry>; CONSUMERS],
     seen: Vec<Event>,
     ids: BTreeMap<String, usize>,
     dead_ids: BTreeMap<String, usize>,
@@ -251,11 +254,7 @@ fn safety(n: u8) -> Safety {
     Safety { fence: n & 1 == 0, ledger: n & 2 == 0 }
 }
 
-fn take(
-    held: &mut Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)>,
-    pick: usize,
-    n: usize,
-) -> Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn take(held: &mut Vec<HeldEntry>, pick: usize, n: usize) -> Vec<HeldEntry> {
     if held.is_empty() {
         return vec![];
     }
