@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration run-smoke full fuzz-smoke
+verify: fmt-check unit integration model loom sim-sweep differential run-smoke full fuzz-smoke
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -72,3 +72,22 @@ fuzz-smoke:
         fi
         grep -E "^Done" corpus/$t.log
     done
+
+# Property tests: the consumer/commit protocol on the model against a plain reference model (proptest-state-machine), and every encoding's round trip.
+model:
+    cargo test --test model
+
+# loom models (two or three threads each): capture race, fence, ledger, in-flight/shutdown, and should_panic proofs (the seed's lock-only protocol, no fence, no ledger).
+loom:
+    LOOM_MAX_PREEMPTIONS=3 cargo test --no-default-features --features loom --test loom
+
+# Deterministic simulation: its tests (snapshot, determinism), COUNT seeds that must all pass, then sweeps with the fence and with the ledger off that must find duplicates.
+sim-sweep count="10000":
+    cargo test --test sim
+    cargo run --release -- sim sweep --from 0 --count {{count}}
+    EXPIRY_STREAM_UNSAFE=no-fence cargo run --release -- sim sweep --from 0 --count 2000 --expect-failure --show 1
+    EXPIRY_STREAM_UNSAFE=no-ledger cargo run --release -- sim sweep --from 0 --count 2000 --expect-failure --show 1
+
+# Differential tests: generated operation sequences on the model and on a real redis-server process; replies and state must agree after every step.
+differential:
+    EXPIRY_STREAM_REDIS=process cargo test --test differential

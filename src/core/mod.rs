@@ -2,6 +2,8 @@
 //! stream entries, and turns store replies into decisions. Everything here is a function
 //! of its inputs, which is what lets the property tests and fuzz targets drive it alone.
 
+pub mod sync;
+
 use std::fmt;
 use std::time::Duration;
 

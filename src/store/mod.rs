@@ -15,6 +15,8 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 
 use crate::core::{CommitOutcome, Event};
 
+pub mod protocol;
+
 macro_rules! script {
     ($file:literal) => {
         Script::new(concat!(include_str!("lua/common.lua"), "\n", include_str!(concat!("lua/", $file))))

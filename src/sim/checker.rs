@@ -1,0 +1,181 @@
+//! The simulator's oracle, the same arithmetic as [`crate::oracle`]: a ledger of every event
+//! the producer was told it created (key, deadline) and the effects ledger the handlers wrote
+//! (`{ns}:oracle:effects`, an `RPUSH` committed with the ack, read back from the model as the
+//! real oracle reads it from Redis). Compared as multisets; it never reads library counters.
+//! Safety (no event effected twice) is checked after every step; liveness at the end.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::rng::Rng;
+use crate::core::{event_id, Event, Via};
+use crate::model::ModelStore;
+
+#[derive(Clone, Debug)]
+struct Created {
+    key: Vec<u8>,
+    deadline: i64,
+    payload: Vec<u8>,
+    at: i64,
+    times: u32,
+    /// Created after the last state a restart kept: the persistence may have lost it.
+    at_risk: bool,
+}
+
+/// The checker's verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub created: u64,
+    pub effected: u64,
+    /// Created events with no effect and no dead-letter entry (and not excused below).
+    pub lost: u64,
+    /// Created events that a restart's persistence lost (everysec only), reported apart.
+    pub lost_by_restart: u64,
+    pub duplicate_effects: u64,
+    pub unexpected_effects: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    created: BTreeMap<String, Created>,
+    seen: usize,
+    counts: BTreeMap<String, u32>,
+    records: BTreeMap<String, Vec<String>>,
+    effected_order: Vec<String>,
+    /// The first safety violation, as found at the step it happened.
+    pub violation: Option<String>,
+    pub verdict: Verdict,
+    pub lost_sample: Vec<String>,
+}
+
+impl Checker {
+    pub fn created(&mut self, key: &[u8], deadline: i64, payload: &[u8], now: i64) {
+        let id = event_id(key, deadline);
+        let e = self.created.entry(id).or_insert_with(|| Created {
+            key: key.to_vec(),
+            deadline,
+            payload: payload.to_vec(),
+            at: now,
+            times: 0,
+            at_risk: false,
+        });
+        e.times += 1;
+    }
+
+    /// A restart kept the state as of `kept_until`: later creations may be gone, and the
+    /// effects list is re-read from what survived.
+    pub fn restarted(&mut self, kept_until: i64) {
+        for c in self.created.values_mut() {
+            if c.at >= kept_until {
+                c.at_risk = true;
+            }
+        }
+        self.seen = 0;
+        self.counts.clear();
+        self.records.clear();
+        self.effected_order.clear();
+    }
+
+    /// Reads effects appended since the last step; records the first duplicate.
+    pub fn observe(&mut self, store: &mut ModelStore, now: i64) {
+        let key = store.keys.effects.clone();
+        let len = store.model.llen(key.as_bytes()).expect("effects is a list");
+        if len < self.seen {
+            // Only a restart shrinks it, and `restarted` already reset the view.
+            self.seen = 0;
+            self.counts.clear();
+            self.records.clear();
+        }
+        if len == self.seen {
+            return;
+        }
+        let new = store.model.lrange_from(key.as_bytes(), self.seen).expect("list");
+        self.seen = len;
+        for rec in new {
+            let rec = String::from_utf8_lossy(&rec).into_owned();
+            let id = rec.split('|').next().unwrap_or_default().to_string();
+            let n = self.counts.entry(id.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.effected_order.push(id.clone());
+            }
+            let recs = self.records.entry(id.clone()).or_default();
+            if recs.len() < 4 {
+                recs.push(rec);
+            }
+            if *n == 2 && self.violation.is_none() {
+                let what = self
+                    .created
+                    .get(&id)
+                    .map(|c| format!("{}@{}", String::from_utf8_lossy(&c.key), c.deadline))
+                    .unwrap_or_else(|| "never created".into());
+                self.violation = Some(format!(
+                    "at t={} ms: event {id} ({what}) effected twice: [{}]",
+                    now - super::world::EPOCH_MS,
+                    recs.join("; ")
+                ));
+            }
+        }
+    }
+
+    /// An event that has been effected, to replay (None when there is none yet).
+    pub fn pick_effected(&mut self, rng: &mut Rng, now: i64) -> Option<Event> {
+        if self.effected_order.is_empty() {
+            return None;
+        }
+        let id = &self.effected_order[rng.below(self.effected_order.len() as u64) as usize];
+        let c = self.created.get(id)?;
+        Some(Event {
+            key: c.key.clone(),
+            deadline_ms: c.deadline,
+            event_id: id.clone(),
+            via: Via::Sweeper,
+            captured_ms: now,
+            payload: c.payload.clone(),
+        })
+    }
+
+    /// The final comparison: created vs effected, dead letters read from the model.
+    pub fn finish(&mut self, store: &mut ModelStore) {
+        let dead_key = store.keys.dead.clone();
+        let mut dead = BTreeSet::new();
+        for e in store.range(&dead_key) {
+            let get = |n: &[u8]| e.fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            if let (Some(k), Some(d)) = (get(b"f:k"), get(b"f:d")) {
+                if let Some(d) = std::str::from_utf8(&d).ok().and_then(|s| s.parse::<i64>().ok()) {
+                    dead.insert(event_id(&k, d));
+                }
+            }
+        }
+        let mut v = Verdict {
+            created: self.created.values().map(|c| u64::from(c.times)).sum(),
+            effected: self.counts.values().map(|n| u64::from(*n)).sum(),
+            ..Verdict::default()
+        };
+        for (id, c) in &self.created {
+            let n = self.counts.get(id).copied().unwrap_or(0);
+            if n > 0 {
+                continue;
+            }
+            if dead.contains(id) {
+                v.dead_lettered += 1;
+            } else if c.at_risk {
+                v.lost_by_restart += 1;
+            } else {
+                v.lost += 1;
+                if self.lost_sample.len() < 5 {
+                    self.lost_sample.push(format!("{}@{}", String::from_utf8_lossy(&c.key), c.deadline));
+                }
+            }
+        }
+        for (id, n) in &self.counts {
+            v.duplicate_effects += u64::from(n.saturating_sub(1));
+            if !self.created.contains_key(id) {
+                v.unexpected_effects += u64::from(*n);
+            }
+        }
+        self.verdict = v;
+    }
+}
