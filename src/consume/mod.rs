@@ -45,7 +45,9 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
     /// How long one `XREADGROUP` blocks.
     pub block: Duration,
-    /// Idle time after which another consumer may claim an entry (above the handler's p99).
+    /// Idle time after which another consumer may claim an entry. An entry is committed after
+    /// its whole read batch is handled, so keep this above `batch × handler p99 / concurrency`
+    /// (a consumer slower than that is fenced: safe, but its work is wasted).
     pub claim_idle: Duration,
     /// How often each consumer looks for claimable entries.
     pub claim_interval: Duration,

@@ -60,34 +60,61 @@ impl ModelStore {
     }
 
     /// The capture step of `common.lua`; returns a [`capture_code`].
+    fn emit(&mut self, key: &[u8], dl: i64, via: &str, now: i64, p: Option<Vec<u8>>) {
+        let k = self.keys.clone();
+        let fields: Fields = vec![
+            (b"k".to_vec(), key.to_vec()),
+            (b"d".to_vec(), dl.to_string().into_bytes()),
+            (b"id".to_vec(), event_id(key, dl).into_bytes()),
+            (b"via".to_vec(), via.as_bytes().to_vec()),
+            (b"c".to_vec(), now.to_string().into_bytes()),
+            (b"p".to_vec(), p.unwrap_or_default()),
+        ];
+        self.model.xadd(k.stream.as_bytes(), fields).expect("stream");
+        self.hincr(&format!("captured_{via}"));
+    }
+
     fn capture_one(&mut self, key: &[u8], via: &str, now: i64) -> u8 {
         let k = self.keys.clone();
-        let m = &mut self.model;
-        let Some(dl) = m.zscore(k.idx.as_bytes(), key).expect("idx is a zset") else {
+        let Some(dl) = self.model.zscore(k.idx.as_bytes(), key).expect("idx is a zset") else {
             return capture_code::NOTHING;
         };
+        // An `expired` notification names a key that did expire, whatever its state is now.
+        let heard = via == "n";
         // Touching the key applies lazy expiry, as PEXPIRETIME does in the script.
-        let pt = m.pexpiretime(key);
+        let pt = self.model.pexpiretime(key);
+        let m = &mut self.model;
         if pt == -2 {
             m.zrem(k.idx.as_bytes(), key).expect("zset");
             let p = m.hget(k.pay.as_bytes(), key).expect("hash");
             m.hdel(k.pay.as_bytes(), key).expect("hash");
+            let mut d = dl;
             if now < dl {
-                self.hincr("deleted");
-                return capture_code::DELETED;
+                if !heard {
+                    self.hincr("deleted");
+                    return capture_code::DELETED;
+                }
+                // Expired before its indexed deadline (TTL shortened elsewhere).
+                d = now;
             }
-            let fields: Fields = vec![
-                (b"k".to_vec(), key.to_vec()),
-                (b"d".to_vec(), dl.to_string().into_bytes()),
-                (b"id".to_vec(), event_id(key, dl).into_bytes()),
-                (b"via".to_vec(), via.as_bytes().to_vec()),
-                (b"c".to_vec(), now.to_string().into_bytes()),
-                (b"p".to_vec(), p.unwrap_or_default()),
-            ];
-            m.xadd(k.stream.as_bytes(), fields).expect("stream");
-            self.hincr(&format!("captured_{via}"));
-            capture_code::EMITTED
-        } else if pt == -1 {
+            self.emit(key, d, via, now, p);
+            return capture_code::EMITTED;
+        }
+        if heard && dl <= now && pt != dl {
+            // Expired, then written again elsewhere before this capture.
+            let p = m.hget(k.pay.as_bytes(), key).expect("hash");
+            self.emit(key, dl, via, now, p);
+            let m = &mut self.model;
+            if pt == -1 {
+                m.zrem(k.idx.as_bytes(), key).expect("zset");
+                m.hdel(k.pay.as_bytes(), key).expect("hash");
+            } else {
+                m.zadd(k.idx.as_bytes(), pt, key).expect("zset");
+                m.hset(k.pay.as_bytes(), key, b"").expect("hash");
+            }
+            return capture_code::EMITTED;
+        }
+        if pt == -1 {
             m.zrem(k.idx.as_bytes(), key).expect("zset");
             m.hdel(k.pay.as_bytes(), key).expect("hash");
             self.hincr("persisted");

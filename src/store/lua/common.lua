@@ -28,12 +28,19 @@ end
 -- not due), 1 emitted, 2 deadline moved, 3 persisted (dropped), 4 deleted before deadline.
 -- `s` is the key's index score when the caller already has it (the sweeper reads it with the
 -- range), else nil and it is looked up.
+local function emit(stream, key, s, via, now, p)
+  redis.call('XADD', stream, '*', 'k', key, 'd', s, 'id', event_id(key, s), 'via', via, 'c', fmt(now), 'p', p or '')
+  count('captured_' .. via)
+end
+
 local function capture(idx, pay, stream, stats, key, via, now, s)
   s = s or redis.call('ZSCORE', idx, key)
   if not s then return 0 end
   local dl = tonumber(s)
   -- Scores are integral ms, so ZSCORE's reply is already the decimal digits.
   if string.find(s, '[^0-9]') then s = fmt(dl) end
+  -- An `expired` notification names a key that did expire, whatever its state is now.
+  local heard = via == 'n'
   -- Touching the key makes Redis apply lazy expiry, so a due key is gone here.
   local pt = redis.call('PEXPIRETIME', key)
   if pt == -2 then
@@ -41,15 +48,32 @@ local function capture(idx, pay, stream, stats, key, via, now, s)
     local p = redis.call('HGET', pay, key)
     redis.call('HDEL', pay, key)
     if now < dl then
-      -- The key vanished before its deadline: it was deleted, not expired.
-      count('deleted')
-      return 4
+      if not heard then
+        -- The key vanished before its deadline: it was deleted, not expired.
+        count('deleted')
+        return 4
+      end
+      -- It expired before its indexed deadline (another program shortened its TTL): the
+      -- capture time is the closest bound on the real deadline we have.
+      s = fmt(now)
     end
-    redis.call('XADD', stream, '*', 'k', key, 'd', s, 'id', event_id(key, s),
-      'via', via, 'c', fmt(now), 'p', p or '')
-    count('captured_' .. via)
+    emit(stream, key, s, via, now, p)
     return 1
-  elseif pt == -1 then
+  end
+  if heard and dl <= now and pt ~= dl then
+    -- The indexed generation expired and another program wrote the key again before this
+    -- capture: emit the old generation, then follow the new one (its value is not ours).
+    emit(stream, key, s, via, now, redis.call('HGET', pay, key))
+    if pt == -1 then
+      redis.call('ZREM', idx, key)
+      redis.call('HDEL', pay, key)
+    else
+      redis.call('ZADD', idx, pt, key)
+      redis.call('HSET', pay, key, '')
+    end
+    return 1
+  end
+  if pt == -1 then
     redis.call('ZREM', idx, key)
     redis.call('HDEL', pay, key)
     count('persisted')
