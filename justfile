@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration run-smoke
+verify: fmt-check unit integration run-smoke chaos
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -49,3 +49,11 @@ bench keys="1000000":
 # Lints (not part of verify: clippy is a second full compile on 2 cores).
 lint:
     cargo clippy --all-targets -- -D warnings
+
+# Chaos scenarios (scenarios/*.toml) against real Redis, pipeline as separate processes; each report must match its snapshot.
+chaos:
+    cargo test --test chaos -- --test-threads=1
+
+# Run the chaos scenarios and accept their reports as the new snapshots (review the diff before committing).
+chaos-accept:
+    INSTA_UPDATE=always cargo test --test chaos -- --test-threads=1 every_scenario

@@ -161,6 +161,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 let role = f.kind.role().expect("role");
                 let mut killed = vec![];
                 for &t in &f.targets {
+                    wait_alive(&ctx.procs, role, t).await;
                     let pid = ctx.procs.lock().unwrap().kill9(role, t);
                     if let Some(pid) = pid {
                         ctx.count(i, "sigkill_delivered", 1);
@@ -212,6 +213,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
             FaultKind::StopConsumer => {
                 let mut stopped = vec![];
                 for &t in &f.targets {
+                    wait_alive(&ctx.procs, Role::Consumer, t).await;
                     let delivered = ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGSTOP);
                     if delivered {
                         ctx.count(i, "sigstop_delivered", 1);
@@ -439,6 +441,19 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
     }
 }
 
+/// In mixes another fault may have the target down (killed, restarting) right now: wait a
+/// little for it to be back, so the firing hits a live process rather than nothing.
+async fn wait_alive(procs: &Shared, role: Role, index: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if procs.lock().unwrap().pid(role, index).is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn docker(args: &[&str]) -> bool {
     tokio::process::Command::new("docker").args(args).output().await.map(|o| o.status.success()).unwrap_or(false)
 }
@@ -567,6 +582,33 @@ async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Resu
     Ok(())
 }
 
+/// The counters each kind reports (all present, 0 until counted, so that the set of names in
+/// a report does not depend on the run).
+pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] {
+    match kind {
+        FaultKind::KillConsumer => &["sigkill_delivered", "entries_held_at_kill", "kills_mid_batch", "restarts"],
+        FaultKind::CrashMidBatch => &["processes_armed", "aborts_observed"],
+        FaultKind::StopConsumer => &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered"],
+        FaultKind::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile"],
+        FaultKind::Replay => match mode {
+            Some("setid") => &["setid_calls", "entries_rewound"],
+            Some("xclaim") => &["entries_force_claimed"],
+            _ => &["entries_readded"],
+        },
+        FaultKind::KillListener | FaultKind::KillSweeper => &["sigkill_delivered", "restarts"],
+        FaultKind::NoListener => &["listeners_stopped", "listeners_restarted", "outage_ms"],
+        FaultKind::RestartRedis => &["restarts", "created_rolled_back", "effects_rolled_back"],
+        FaultKind::ClientKill => &["clients_killed"],
+        FaultKind::PauseRedis => match mode {
+            Some("debug_sleep") => &["debug_sleeps", "paused_ms"],
+            Some("freeze") => &["paused_ms"],
+            _ => &["client_pauses", "paused_ms"],
+        },
+        FaultKind::NetDelay => &["chunks_delayed"],
+        FaultKind::NetCut => &["cuts", "connections_reset"],
+    }
+}
+
 /// Fresh per-fault reports, one per `[[fault]]`, with the planned firing counts.
 pub fn empty_reports(s: &Scenario) -> Vec<FaultReport> {
     s.faults
@@ -575,7 +617,7 @@ pub fn empty_reports(s: &Scenario) -> Vec<FaultReport> {
             kind: f.kind.name().to_string(),
             planned: f.times as u64,
             fired: 0,
-            counts: BTreeMap::new(),
+            counts: counters(f.kind, f.mode.as_deref()).iter().map(|c| (c.to_string(), 0)).collect(),
         })
         .collect()
 }

@@ -135,8 +135,12 @@ impl Procs {
         self.slots.iter().filter(|s| s.role == role).filter_map(|s| s.pid).collect()
     }
 
-    /// Starts (or restarts) a process. Fails only if the binary cannot be run.
+    /// Starts (or restarts) a process; a no-op when it is already running (two faults of a mix
+    /// may both want it back). Fails only if the binary cannot be run.
     pub fn spawn(&mut self, role: Role, index: usize) -> std::io::Result<u32> {
+        if let Some(pid) = self.pid(role, index) {
+            return Ok(pid);
+        }
         let exe = self.exe.clone();
         let url = self.urls[&role].clone();
         let ns = self.ns.clone();

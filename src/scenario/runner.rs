@@ -108,7 +108,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         if unsafe_switches.is_empty() { String::new() } else { format!(" | UNSAFE: {unsafe_switches}") }
     );
     for p in &plan {
-        eprintln!("  plan: {} #{} at {} ms, targets {:?}", p.kind, p.n, p.at_ms, p.targets);
+        eprintln!("  plan: fault[{}] {} #{} at {} ms, targets {:?}", p.fault, p.kind, p.n, p.at_ms, p.targets);
     }
 
     // Redis.
@@ -211,7 +211,14 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         let ctx = ctx.clone();
         fault_tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((t0 + Duration::from_millis(f.at_ms)).into()).await;
-            eprintln!("  [{:>6.1}s] fault {} #{} targets {:?}", t0.elapsed().as_secs_f64(), f.kind, f.n, f.targets);
+            eprintln!(
+                "  [{:>6.1}s] fault[{}] {} #{} targets {:?}",
+                t0.elapsed().as_secs_f64(),
+                f.fault,
+                f.kind,
+                f.n,
+                f.targets
+            );
             faults::fire(ctx, f).await;
         }));
     }
