@@ -2,7 +2,7 @@
 //! actually did (signals delivered, commands that succeeded, entries replayed), never what
 //! was planned. The plan itself ([`plan`]) is a pure function of the file and its seed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,9 @@ pub struct Ctx {
     pub store: Store,
     /// Held for writing by faults that break the harness's own connections (restart, client
     /// kill), so the producer is never caught mid-write: each creation is acknowledged or
-    /// cleanly retried, never ambiguous.
+    /// cleanly retried, never ambiguous. (Re)starting a process takes it for reading: a
+    /// process is never started while Redis is deliberately down (it would exit at once, as
+    /// `consume` and `capture` do when Redis is unreachable at startup).
     pub gate: Arc<tokio::sync::RwLock<()>>,
     pub reports: Mutex<Vec<FaultReport>>,
     pub restarts: Mutex<Vec<RestartObs>>,
@@ -182,6 +184,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 tokio::time::sleep(restart_after).await;
                 for t in killed {
+                    let _up = ctx.gate.read().await;
                     ctx.procs.lock().unwrap().spawn(role, t)?;
                     ctx.count(i, "restarts", 1);
                 }
@@ -195,13 +198,17 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         pr.set_faults(t, &join_faults(&ctx.base_faults(), &format!("consume::after_read=abort@{p}")));
                         pr.set_restart_after(Role::Consumer, t, restart_after);
                     }
-                    procs::restart(&ctx.procs, Role::Consumer, t, grace).await?;
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    let _up = ctx.gate.read().await;
+                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
                     ctx.count(i, "processes_armed", 1);
                 }
                 tokio::time::sleep(for_ms).await;
                 for &t in &f.targets {
                     ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
-                    procs::restart(&ctx.procs, Role::Consumer, t, grace).await?;
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    let _up = ctx.gate.read().await;
+                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
                 }
                 let aborts =
                     ctx.procs.lock().unwrap().exits.iter().filter(|x| x.injected).count().saturating_sub(exits_before);
@@ -243,7 +250,9 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         t,
                         &join_faults(&ctx.base_faults(), &format!("consume::before_commit=sleep({d})@{p}")),
                     );
-                    procs::restart(&ctx.procs, Role::Consumer, t, grace).await?;
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    let _up = ctx.gate.read().await;
+                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
                     ctx.count(i, "processes_armed", 1);
                 }
                 if !f.targets.is_empty() {
@@ -252,7 +261,9 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 tokio::time::sleep(for_ms).await;
                 for &t in &f.targets {
                     ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
-                    procs::restart(&ctx.procs, Role::Consumer, t, grace).await?;
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    let _up = ctx.gate.read().await;
+                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
                 }
                 let fenced_after = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
                 ctx.count(i, "library_fenced_commits_meanwhile", (fenced_after - fenced_before).max(0) as u64);
@@ -274,6 +285,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 tokio::time::sleep(for_ms).await;
                 for t in 0..n {
+                    let _up = ctx.gate.read().await;
                     ctx.procs.lock().unwrap().spawn(Role::Listener, t)?;
                 }
                 ctx.count(i, "listeners_restarted", n as u64);
@@ -381,20 +393,20 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         };
                         if let Some(pid) = pid {
                             if procs::send(pid, libc::SIGSTOP) {
-                                ctx.count(i, "redis_sigstop_delivered", 1);
+                                ctx.count(i, "freezes", 1);
                                 ctx.fired(i);
                                 tokio::time::sleep(for_ms).await;
                                 if procs::send(pid, libc::SIGCONT) {
-                                    ctx.count(i, "redis_sigcont_delivered", 1);
+                                    ctx.count(i, "thaws", 1);
                                 }
                             }
                         } else if let Some(id) = cid {
                             if docker(&["pause", &id]).await {
-                                ctx.count(i, "docker_pauses", 1);
+                                ctx.count(i, "freezes", 1);
                                 ctx.fired(i);
                                 tokio::time::sleep(for_ms).await;
                                 if docker(&["unpause", &id]).await {
-                                    ctx.count(i, "docker_unpauses", 1);
+                                    ctx.count(i, "thaws", 1);
                                 }
                             }
                         } else {
@@ -601,7 +613,7 @@ pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] 
         FaultKind::ClientKill => &["clients_killed"],
         FaultKind::PauseRedis => match mode {
             Some("debug_sleep") => &["debug_sleeps", "paused_ms"],
-            Some("freeze") => &["paused_ms"],
+            Some("freeze") => &["freezes", "thaws", "paused_ms"],
             _ => &["client_pauses", "paused_ms"],
         },
         FaultKind::NetDelay => &["chunks_delayed"],

@@ -285,9 +285,3 @@ pub async fn stop(procs: &Shared, role: Role, index: usize, grace: Duration) -> 
         }
     }
 }
-
-/// Stops gracefully, then starts again (with the slot's current fault points).
-pub async fn restart(procs: &Shared, role: Role, index: usize, grace: Duration) -> std::io::Result<u32> {
-    stop(procs, role, index, grace).await;
-    procs.lock().unwrap().spawn(role, index)
-}

@@ -169,16 +169,20 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
     });
 
     // Supervisor: processes that die on their own are recorded and restarted.
-    let stop_supervisor = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_supervisor = StopOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let supervisor = {
-        let (procs, stop) = (procs.clone(), stop_supervisor.clone());
+        let (procs, stop, gate) = (procs.clone(), stop_supervisor.0.clone(), ctx.gate.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let due = procs.lock().unwrap().reap();
                 for (role, idx, at) in due {
-                    let procs = procs.clone();
+                    let (procs, gate, stop) = (procs.clone(), gate.clone(), stop.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at.into()).await;
+                        let _up = gate.read().await;
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let mut p = procs.lock().unwrap();
                         if p.pid(role, idx).is_none() {
                             if let Err(e) = p.spawn(role, idx) {
@@ -281,7 +285,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
     }
 
     // Stop everything gracefully (consumers finish and commit what they started).
-    stop_supervisor.store(true, Ordering::Relaxed);
+    stop_supervisor.0.store(true, Ordering::Relaxed);
     let _ = supervisor.await;
     let all = procs.lock().unwrap().all();
     let stops = all.into_iter().map(|(r, i)| {
@@ -402,6 +406,16 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         Err(_) => eprintln!("scenario: fault tasks still hold the context; Redis is removed on exit"),
     }
     Ok(report)
+}
+
+/// Stops the supervisor however `run` ends (an early error included), so it never keeps
+/// restarting processes of a run that is over.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 async fn background_keys(store: &Store, s: &Scenario) -> anyhow::Result<()> {

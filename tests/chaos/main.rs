@@ -71,7 +71,7 @@ async fn every_scenario_passes_and_matches_its_snapshot() {
         ran += 1;
         assert_eq!(r.scenario, stem, "{}: `name` must match the file name (it names the snapshot)", file.display());
         if !r.passed() {
-            failures.push(format!("{}: {}", stem, r.summary()));
+            failures.push(format!("{stem}: {}\n  run again: {}", r.summary(), r.replay));
         }
         let snap = r.snapshot();
         let mut settings = insta::Settings::clone_current();
