@@ -657,6 +657,38 @@ fn span_of(root: &DeTable<'_>, path: &str) -> Option<Range<usize>> {
     best
 }
 
+/// For a syntax error, where no document exists to walk: the field named on that line
+/// (`key = ...`), inside the last table header above it (`[workload]`, the n-th `[[fault]]`).
+fn field_on_line(src: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = src.lines().collect();
+    let text = lines.get(line.checked_sub(1)?)?.trim();
+    let bare =
+        |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    let mut table: Option<String> = None;
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    for l in &lines[..line - 1] {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let n = arrays.entry(name.trim().to_string()).or_insert(0);
+            table = Some(format!("{}[{}]", name.trim(), *n));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_string());
+        }
+    }
+    if let Some(h) = text.strip_prefix('[') {
+        let h = h.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+        return bare(h).then(|| h.to_string());
+    }
+    let key = text.split('=').next().unwrap_or("").trim();
+    let key = bare(key).then(|| key.to_string());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (t, None) => t,
+    }
+}
+
 /// Parses and checks a scenario file's text. `file` is only used in messages.
 pub fn parse(file: &str, src: &str) -> Result<Scenario, SpecError> {
     let mk = |span: Option<Range<usize>>, field: Option<String>, message: String| {
@@ -669,7 +701,10 @@ pub fn parse(file: &str, src: &str) -> Result<Scenario, SpecError> {
         };
         SpecError { file: file.to_string(), line, column, field, message, source_line }
     };
-    let doc = DeTable::parse(src).map_err(|e| mk(e.span(), None, format!("not valid TOML: {}", e.message())))?;
+    let doc = DeTable::parse(src).map_err(|e| {
+        let field = e.span().and_then(|s| field_on_line(src, line_col(src, s.start).0));
+        mk(e.span(), field, format!("not valid TOML: {}", e.message()))
+    })?;
     let scenario: Scenario = toml::from_str(src).map_err(|e| {
         let mut path = vec![];
         if let Some(s) = e.span() {
@@ -951,8 +986,35 @@ duplicate_effects = ">= 1"
     }
 
     #[test]
-    fn syntax_error_has_a_line() {
+    fn syntax_error_has_a_line_and_field() {
         let e = err("name = \"x\"\nseed = \n");
         assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!(e.field.as_deref(), Some("seed"), "{e}");
+        let e = err(&OK.replace("keys = 100", "keys = 1 00"));
+        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!(e.field.as_deref(), Some("workload.keys"), "{e}");
+        let e = err(&OK.replace("for_ms = 1500", "for_ms = = 1500"));
+        assert_eq!(e.field.as_deref(), Some("fault[1].for_ms"), "{e}");
+    }
+
+    /// Bad input never panics: every one-character deletion, and a few insertions at every
+    /// position, of a valid file is either accepted or refused with a message.
+    #[test]
+    fn mutated_files_never_panic() {
+        let chars: Vec<char> = OK.chars().collect();
+        for i in 0..chars.len() {
+            let mut del = chars.clone();
+            del.remove(i);
+            let _ = parse("m.toml", &del.iter().collect::<String>());
+            for ins in ['"', '[', '=', '\n', '9', '-', '{'] {
+                let mut v = chars.clone();
+                v.insert(i, ins);
+                if let Err(e) = parse("m.toml", &v.iter().collect::<String>()) {
+                    assert!(!e.message.is_empty());
+                    assert!(e.line.is_some(), "{e}");
+                    assert!(e.field.is_some() || e.message.starts_with("not valid TOML"), "{e}");
+                }
+            }
+        }
     }
 }
