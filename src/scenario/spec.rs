@@ -614,10 +614,9 @@ fn value_path(v: &DeValue<'_>, span: &Range<usize>, out: &mut Vec<String>) {
     match v {
         DeValue::Table(t) => path_at(t, span, out),
         DeValue::Array(a) => {
-            let idx = a
-                .iter()
-                .position(|x| contains(&x.span(), span))
-                .or_else(|| a.iter().enumerate().filter(|(_, x)| x.span().start <= span.start).map(|(i, _)| i).last());
+            let idx = a.iter().position(|x| contains(&x.span(), span)).or_else(|| {
+                a.iter().enumerate().filter(|(_, x)| x.span().start <= span.start).map(|(i, _)| i).next_back()
+            });
             if let Some(i) = idx {
                 if let Some(last) = out.last_mut() {
                     last.push_str(&format!("[{i}]"));
@@ -690,7 +689,7 @@ fn field_on_line(src: &str, line: usize) -> Option<String> {
 }
 
 /// Parses and checks a scenario file's text. `file` is only used in messages.
-pub fn parse(file: &str, src: &str) -> Result<Scenario, SpecError> {
+pub fn parse(file: &str, src: &str) -> Result<Scenario, Box<SpecError>> {
     let mk = |span: Option<Range<usize>>, field: Option<String>, message: String| {
         let (line, column, source_line) = match span {
             Some(s) => {
@@ -699,7 +698,7 @@ pub fn parse(file: &str, src: &str) -> Result<Scenario, SpecError> {
             }
             None => (None, None, None),
         };
-        SpecError { file: file.to_string(), line, column, field, message, source_line }
+        Box::new(SpecError { file: file.to_string(), line, column, field, message, source_line })
     };
     let doc = DeTable::parse(src).map_err(|e| {
         let field = e.span().and_then(|s| field_on_line(src, line_col(src, s.start).0));
@@ -737,14 +736,16 @@ pub fn parse(file: &str, src: &str) -> Result<Scenario, SpecError> {
 }
 
 /// Reads and parses a scenario file.
-pub fn load(path: &Path) -> Result<Scenario, SpecError> {
-    let src = std::fs::read_to_string(path).map_err(|e| SpecError {
-        file: path.display().to_string(),
-        line: None,
-        column: None,
-        field: None,
-        message: format!("cannot read: {e}"),
-        source_line: None,
+pub fn load(path: &Path) -> Result<Scenario, Box<SpecError>> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        Box::new(SpecError {
+            file: path.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+            source_line: None,
+        })
     })?;
     parse(&path.display().to_string(), &src)
 }
@@ -933,7 +934,7 @@ duplicate_effects = ">= 1"
         assert_eq!(s.expect.lost, Bound::Exactly(0));
     }
 
-    fn err(src: &str) -> SpecError {
+    fn err(src: &str) -> Box<SpecError> {
         parse("bad.toml", src).unwrap_err()
     }
 

@@ -9,12 +9,12 @@
 //! `CHAOS_ONLY=name1,name2` restricts the snapshot test to some scenarios while iterating.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use expiry_stream::provision::Choice;
 use expiry_stream::scenario::{self, Report, RunOptions};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// A tokio mutex: it is held across the awaits of a whole scenario run.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,7 +55,7 @@ async fn run(file: &Path, consumer_env: &[(&str, &str)]) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_passes_and_matches_its_snapshot() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let only: Option<Vec<String>> =
         std::env::var("CHAOS_ONLY").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let files = scenario_files();
@@ -129,7 +129,7 @@ fn unsafe_run_has_duplicates(r: &Report, switch: &str) {
 /// stale commit of the consumer that wakes after its batch was reclaimed and committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_fence_the_pause_scenario_duplicates() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let r = run(&root().join("scenarios/pause-consumer.toml"), &[("EXPIRY_STREAM_UNSAFE", "no-fence")]).await;
     unsafe_run_has_duplicates(&r, "no-fence");
 }
@@ -137,7 +137,7 @@ async fn without_the_fence_the_pause_scenario_duplicates() {
 /// Late acks, the same way: the fence alone refuses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_fence_the_delayed_acks_scenario_duplicates() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let r = run(&root().join("scenarios/delay-acks.toml"), &[("EXPIRY_STREAM_UNSAFE", "no-fence")]).await;
     unsafe_run_has_duplicates(&r, "no-fence");
 }
@@ -145,7 +145,7 @@ async fn without_the_fence_the_delayed_acks_scenario_duplicates() {
 /// Re-added copies of effected entries are new stream entries: only the ledger recognises them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ledger_the_replay_scenario_duplicates() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let r = run(&root().join("scenarios/replay.toml"), &[("EXPIRY_STREAM_UNSAFE", "no-ledger")]).await;
     unsafe_run_has_duplicates(&r, "no-ledger");
 }
@@ -163,7 +163,7 @@ fn doc_example() -> String {
 /// A scenario written from the document alone runs, and passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_example_runs() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("doc-example.toml");
