@@ -184,8 +184,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 tokio::time::sleep(restart_after).await;
                 for t in killed {
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(role, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, role, t).await?;
                     ctx.count(i, "restarts", 1);
                 }
             }
@@ -199,16 +198,14 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         pr.set_restart_after(Role::Consumer, t, restart_after);
                     }
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                     ctx.count(i, "processes_armed", 1);
                 }
                 tokio::time::sleep(for_ms).await;
                 for &t in &f.targets {
                     ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                 }
                 let aborts =
                     ctx.procs.lock().unwrap().exits.iter().filter(|x| x.injected).count().saturating_sub(exits_before);
@@ -251,8 +248,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         &join_faults(&ctx.base_faults(), &format!("consume::before_commit=sleep({d})@{p}")),
                     );
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                     ctx.count(i, "processes_armed", 1);
                 }
                 if !f.targets.is_empty() {
@@ -262,8 +258,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 for &t in &f.targets {
                     ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(Role::Consumer, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                 }
                 let fenced_after = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
                 ctx.count(i, "library_fenced_commits_meanwhile", (fenced_after - fenced_before).max(0) as u64);
@@ -285,8 +280,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 tokio::time::sleep(for_ms).await;
                 for t in 0..n {
-                    let _up = ctx.gate.read().await;
-                    ctx.procs.lock().unwrap().spawn(Role::Listener, t)?;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Listener, t).await?;
                 }
                 ctx.count(i, "listeners_restarted", n as u64);
                 ctx.count(i, "outage_ms", down.elapsed().as_millis() as u64);

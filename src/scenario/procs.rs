@@ -285,3 +285,14 @@ pub async fn stop(procs: &Shared, role: Role, index: usize, grace: Duration) -> 
         }
     }
 }
+
+/// Starts a process while Redis is up, and holds the gate (for reading) a moment longer, until
+/// it has had time to connect: a Redis restart never catches a process starting (`consume`
+/// and `capture` exit when their first connection fails; a supervisor would restart them, and
+/// this one would count an unexpected exit).
+pub async fn start(procs: &Shared, gate: &tokio::sync::RwLock<()>, role: Role, index: usize) -> std::io::Result<u32> {
+    let _up = gate.read().await;
+    let pid = procs.lock().unwrap().spawn(role, index)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(pid)
+}

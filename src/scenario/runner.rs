@@ -179,15 +179,11 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
                     let (procs, gate, stop) = (procs.clone(), gate.clone(), stop.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at.into()).await;
-                        let _up = gate.read().await;
-                        if stop.load(Ordering::Relaxed) {
+                        if stop.load(Ordering::Relaxed) || procs.lock().unwrap().pid(role, idx).is_some() {
                             return;
                         }
-                        let mut p = procs.lock().unwrap();
-                        if p.pid(role, idx).is_none() {
-                            if let Err(e) = p.spawn(role, idx) {
-                                eprintln!("scenario: restarting {} {idx}: {e}", role.name());
-                            }
+                        if let Err(e) = procs::start(&procs, &gate, role, idx).await {
+                            eprintln!("scenario: restarting {} {idx}: {e}", role.name());
                         }
                     });
                 }
