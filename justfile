@@ -7,22 +7,23 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration run-smoke chaos
+verify: fmt-check unit integration run-smoke full fuzz-smoke chaos
     git diff --exit-code
     @echo "verify: all passed"
 
 # Inner loop: unit tests and integration tests on a redis-server process.
 quick:
     cargo test --lib --bins
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
 
 # Formatting check (no changes made).
 fmt-check:
     cargo fmt --check
 
-# Unit tests of the pure core, store parsing and oracle arithmetic.
+# Unit tests of the pure core, store parsing and oracle arithmetic; the README and doc examples compile.
 unit:
     cargo test --lib --bins
+    cargo test --doc
 
 # Integration tests against real Redis, on both backends (container, then process).
 integration: integration-container integration-process
@@ -30,11 +31,11 @@ integration: integration-container integration-process
 # Integration tests with Redis in a container (builds the local image if missing).
 integration-container:
     scripts/build-redis-image.sh
-    EXPIRY_STREAM_REDIS=container cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=container cargo test --test pipeline --test bad_input
 
 # Integration tests with Redis as a local redis-server process.
 integration-process:
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
 
 # The main job with its defaults (100,000 keys, 64 consumers); fails unless the oracle says 0 lost, 0 duplicates.
 run-smoke:
@@ -49,6 +50,28 @@ bench keys="1000000":
 # Lints (not part of verify: clippy is a second full compile on 2 cores).
 lint:
     cargo clippy --all-targets -- -D warnings
+
+# The seed's full run: 3,000,000 keys, 64 consumers, 5 ms work; report in reports/seed-3m.{json,md,html}.
+full:
+    cargo test --release --test full -- --ignored --nocapture
+
+# Every fuzz target for a short fixed time (FUZZ_SECONDS, default 30) on the stable toolchain (no sanitizer: `-s none`).
+fuzz-smoke:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    cargo fuzz build -s none -O
+    for t in $(cargo fuzz list); do
+        mkdir -p corpus/$t
+        echo "fuzz $t for ${FUZZ_SECONDS:-30}s"
+        if ! cargo fuzz run -s none -O $t corpus/$t seeds/$t -- -max_total_time=${FUZZ_SECONDS:-30} -timeout=10 > corpus/$t.log 2>&1; then
+            tail -40 corpus/$t.log
+            echo "fuzz target $t failed; the input is in fuzz/artifacts/$t: add it as a regression test"
+            exit 1
+        fi
+        grep -E "^Done" corpus/$t.log
+    done
 
 # Chaos scenarios (scenarios/*.toml) against real Redis, pipeline as separate processes; each report must match its snapshot.
 chaos:

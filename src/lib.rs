@@ -18,6 +18,8 @@
 //! - [`model`]: in-memory Redis model for simulation and loom, held to real Redis by differential tests.
 //! - [`sim`]: deterministic simulation over the model: seeds, virtual time, faults, checker.
 //! - [`scenario`]: chaos scenario files, the multi-process runner, fault injection, reports.
+//! - [`report`]: Markdown and a self-contained HTML page with SVG charts of a run.
+//! - [`timer`]: precise sleeps for simulated work (tokio's timer has 1 ms ticks).
 //! - [`bench`]: the Redis server's own expire-and-notify rate, for side-by-side ratios.
 //!
 //! # Example
@@ -41,8 +43,15 @@ pub mod fault;
 pub mod model;
 pub mod oracle;
 pub mod provision;
+pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod sim;
 pub mod store;
+pub mod timer;
 pub mod workload;
+
+/// The README's examples compile (checked by `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

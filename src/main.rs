@@ -274,6 +274,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", r.summary());
             if let Some(p) = report {
                 write_json(&p, &r)?;
+                std::fs::write(p.with_extension("md"), expiry_stream::report::markdown(&r))?;
+                std::fs::write(p.with_extension("html"), expiry_stream::report::html(&r))?;
+                println!(
+                    "report: also {} and {} (charts)",
+                    p.with_extension("md").display(),
+                    p.with_extension("html").display()
+                );
             }
             if let Some(s) = server {
                 s.stop().await;

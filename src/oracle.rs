@@ -53,7 +53,7 @@ impl Handler for RecordHandler {
     fn handle<'a>(&'a self, event: &'a Event, d: &'a Delivery) -> HandlerFuture<'a> {
         Box::pin(async move {
             if !self.work.is_zero() {
-                tokio::time::sleep(self.work).await;
+                crate::timer::sleep(self.work).await;
             }
             let rec = format!("{}|{}|{}|{}|{}", event.event_id, d.consumer, d.entry_id, event.captured_ms, now_ms());
             Ok(vec![Effect::new("RPUSH", [self.effects_key.as_bytes(), rec.as_bytes()])])

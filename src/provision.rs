@@ -101,6 +101,7 @@ impl RedisServer {
     }
 
     /// Stops and removes the server now (drop does the same, best effort).
+    #[cfg_attr(not(feature = "containers"), allow(unused_mut))]
     pub async fn stop(mut self) {
         #[cfg(feature = "containers")]
         if let Guard::Container(c) = &mut self.guard {
@@ -322,5 +323,19 @@ impl RedisServer {
         }
         wait_ready(&self.url, Duration::from_secs(30)).await.map_err(ProvisionError::Unavailable)?;
         Ok(self.url.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_parses_and_refuses() {
+        assert_eq!(Choice::parse("").unwrap(), Choice::Auto);
+        assert_eq!(Choice::parse("process").unwrap(), Choice::Process);
+        assert_eq!(Choice::parse("redis://h:1/").unwrap(), Choice::Url("redis://h:1/".into()));
+        let e = Choice::parse("docker").unwrap_err().to_string();
+        assert!(e.contains("\"docker\" is not one of container, process, auto"), "{e}");
     }
 }

@@ -74,6 +74,7 @@ impl Running {
         handler: Arc<dyn Handler>,
         cfg: &ConsumerConfig,
     ) {
+        let committer = consume::Committer::spawn(store.clone(), cfg.ledger, 1024);
         for i in 0..n {
             let s = Arc::new(ConsumerStats::default());
             self.consumer_stats.push(s.clone());
@@ -84,6 +85,7 @@ impl Running {
                 handler.clone(),
                 cfg.clone(),
                 s,
+                committer.clone(),
                 self.stop.subscribe(),
                 i == 0,
             );

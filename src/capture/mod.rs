@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushKind, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::Via;
+use crate::core::{parse_notification, Via};
 use crate::store::Store;
 
 /// Observable listener counters (what actually happened on this listener).
@@ -117,11 +117,16 @@ pub async fn run_listener(
                 for p in pushes {
                     match p.kind {
                         PushKind::Message => {
-                            if let Some(Value::BulkString(key)) = p.data.get(1) {
-                                stats.notifications.fetch_add(1, Ordering::Relaxed);
-                                if key_prefix.as_ref().is_none_or(|pre| key.starts_with(pre)) {
-                                    batch.push(key.clone());
-                                }
+                            let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) = (p.data.first(), p.data.get(1)) else {
+                                continue;
+                            };
+                            let Some(n) = parse_notification(ch, payload) else { continue };
+                            if n.event != b"expired" || i64::from(n.db) != db {
+                                continue;
+                            }
+                            stats.notifications.fetch_add(1, Ordering::Relaxed);
+                            if key_prefix.as_ref().is_none_or(|pre| n.key.starts_with(pre)) {
+                                batch.push(n.key);
                             }
                         }
                         PushKind::Disconnection => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
@@ -126,6 +126,7 @@ pub async fn run_consumer(
     handler: Arc<dyn Handler>,
     cfg: ConsumerConfig,
     stats: Arc<ConsumerStats>,
+    committer: Committer,
     mut stop: watch::Receiver<bool>,
     prune: bool,
 ) -> anyhow::Result<()> {
@@ -133,6 +134,9 @@ pub async fn run_consumer(
     let mut cursor = "0-0".to_string();
     let mut last_claim = Instant::now();
     let mut last_prune = Instant::now();
+    // The commit of one batch runs (in the process's committer) while the next batch is read
+    // and handled: one commit in flight per consumer, awaited before the next and at shutdown.
+    let mut committing: Option<oneshot::Receiver<Result<Vec<CommitOutcome>, String>>> = None;
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -180,9 +184,132 @@ pub async fn run_consumer(
             continue;
         }
         crate::fault::point("consume::after_read").await;
-        process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
+        let finished = process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
+        if let Some(prev) = committing.take() {
+            settle(&name, prev, &stats).await;
+        }
+        if !finished.is_empty() {
+            crate::fault::point("consume::before_commit").await;
+            committing = Some(committer.submit(&name, finished));
+        }
+    }
+    if let Some(prev) = committing.take() {
+        settle(&name, prev, &stats).await;
     }
     Ok(())
+}
+
+/// A handled entry waiting for its commit.
+pub struct Handled {
+    pub entry_id: String,
+    pub token: u64,
+    pub event: Event,
+    pub effects: Vec<Effect>,
+}
+
+struct CommitRequest {
+    consumer: String,
+    items: Vec<Handled>,
+    reply: oneshot::Sender<Result<Vec<CommitOutcome>, String>>,
+}
+
+/// Group commit: the consumers of a process hand their handled batches to one committer
+/// task, which sends whatever has gathered as one script call; while a call is in flight the
+/// next one gathers. Far fewer round trips and script calls per event than one call per
+/// consumer batch, and each entry is still fenced against its own consumer.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::UnboundedSender<CommitRequest>,
+}
+
+impl Committer {
+    /// Starts the committer task; it ends when every clone of the handle is dropped.
+    pub fn spawn(store: Store, ledger: LedgerConfig, max_entries: usize) -> Committer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<CommitRequest>();
+        tokio::spawn(async move {
+            let mut conn = store.conn.clone();
+            while let Some(first) = rx.recv().await {
+                let mut reqs = vec![first];
+                let mut n = reqs[0].items.len();
+                while n < max_entries {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            n += r.items.len();
+                            reqs.push(r);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let items: Vec<(&str, CommitItem<'_>)> = reqs
+                    .iter()
+                    .flat_map(|r| {
+                        r.items.iter().map(|h| {
+                            let item = CommitItem {
+                                entry_id: &h.entry_id,
+                                token: h.token,
+                                event: &h.event,
+                                effects: &h.effects,
+                            };
+                            (r.consumer.as_str(), item)
+                        })
+                    })
+                    .collect();
+                let refs: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|(c, i)| (*c, i)).collect();
+                let result = store.commit_many(&mut conn, ledger, &refs).await;
+                drop(refs);
+                drop(items);
+                match result {
+                    Ok(outcomes) => {
+                        let mut rest = outcomes.as_slice();
+                        for r in reqs {
+                            let (mine, tail) = rest.split_at(r.items.len().min(rest.len()));
+                            rest = tail;
+                            let _ = r.reply.send(Ok(mine.to_vec()));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for r in reqs {
+                            let _ = r.reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Committer { tx }
+    }
+
+    /// Queues a consumer's handled batch; the receiver yields the script's decisions.
+    fn submit(&self, consumer: &str, items: Vec<Handled>) -> oneshot::Receiver<Result<Vec<CommitOutcome>, String>> {
+        let (reply, rx) = oneshot::channel();
+        // If the committer is gone the receiver reports it (the sender is dropped).
+        let _ = self.tx.send(CommitRequest { consumer: consumer.to_string(), items, reply });
+        rx
+    }
+}
+
+/// Waits for a submitted commit and counts what the script decided.
+async fn settle(name: &str, rx: oneshot::Receiver<Result<Vec<CommitOutcome>, String>>, stats: &ConsumerStats) {
+    let result = rx.await.unwrap_or_else(|_| Err("committer stopped".into()));
+    crate::fault::point("consume::after_commit").await;
+    match result {
+        Ok(outcomes) => {
+            for o in outcomes {
+                let c = match o {
+                    CommitOutcome::Committed => &stats.committed,
+                    CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
+                    CommitOutcome::NotOwner => &stats.fenced,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
+        // the ledger makes the second attempt safe whatever happened to this one.
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("{name}: commit failed: {e}");
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,8 +322,8 @@ async fn process(
     stats: &ConsumerStats,
     stop: &watch::Receiver<bool>,
     work: Vec<Work>,
-) {
-    let mut finished: Vec<(Work, Event, Vec<Effect>)> = Vec::with_capacity(work.len());
+) -> Vec<Handled> {
+    let mut finished: Vec<Handled> = Vec::with_capacity(work.len());
     let mut release: Vec<String> = vec![];
     let mut queue = work.into_iter();
     loop {
@@ -215,36 +342,11 @@ async fn process(
         .await;
         for (w, done) in results {
             match done {
-                Done::Effects(ev, effects) => finished.push((w, ev, effects)),
+                Done::Effects(event, effects) => {
+                    finished.push(Handled { entry_id: w.entry.id, token: w.token, event, effects })
+                }
                 Done::Dead(reason) => dead_letter(store, conn, name, stats, &w, &reason).await,
                 Done::Dropped => {}
-            }
-        }
-    }
-    if !finished.is_empty() {
-        let items: Vec<CommitItem<'_>> = finished
-            .iter()
-            .map(|(w, ev, effects)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects })
-            .collect();
-        crate::fault::point("consume::before_commit").await;
-        let result = store.commit(conn, name, cfg.ledger, &items).await;
-        crate::fault::point("consume::after_commit").await;
-        match result {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    let c = match o {
-                        CommitOutcome::Committed => &stats.committed,
-                        CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
-                        CommitOutcome::NotOwner => &stats.fenced,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
-            // the ledger makes the second attempt safe whatever happened to this one.
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("{name}: commit failed: {e}");
             }
         }
     }
@@ -253,6 +355,7 @@ async fn process(
             stats.released.fetch_add(n, Ordering::Relaxed);
         }
     }
+    finished
 }
 
 async fn dead_letter(

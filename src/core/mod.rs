@@ -111,6 +111,37 @@ fn parse_i64(field: &'static str, v: &[u8]) -> Result<i64, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid { field, expected: "a non-negative integer", got: show(v) })
 }
 
+/// A keyspace notification, parsed from its pub/sub channel and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub db: u32,
+    /// The event name, e.g. `expired`.
+    pub event: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Parses `__keyevent@<db>__:<event>` (payload: the key) or `__keyspace@<db>__:<key>`
+/// (payload: the event). Anything else is `None`: a listener ignores what it cannot read.
+pub fn parse_notification(channel: &[u8], payload: &[u8]) -> Option<Notification> {
+    let (keyevent, rest) = if let Some(r) = channel.strip_prefix(b"__keyevent@") {
+        (true, r)
+    } else {
+        (false, channel.strip_prefix(b"__keyspace@")?)
+    };
+    let sep = rest.windows(3).position(|w| w == b"__:")?;
+    let db_digits = &rest[..sep];
+    if db_digits.is_empty() || db_digits.len() > 9 || !db_digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let db = std::str::from_utf8(db_digits).ok()?.parse().ok()?;
+    let tail = &rest[sep + 3..];
+    let (event, key) = if keyevent { (tail, payload) } else { (payload, tail) };
+    if event.is_empty() {
+        return None;
+    }
+    Some(Notification { db, event: event.to_vec(), key: key.to_vec() })
+}
+
 /// Decodes the fields of one stream entry written by the capture script.
 /// Strict on purpose: anything the capture script would not write is refused with a
 /// reason, so a stray `XADD` by another program lands in the dead-letter stream, never in
@@ -204,8 +235,15 @@ pub fn ledger_bucket(deadline_ms: i64, bucket_ms: i64) -> i64 {
     deadline_ms.div_euclid(bucket_ms.max(1))
 }
 
+/// Commands a handler's Redis-side effects may use (the allow-list in `commit.lua`): writes
+/// to keys, nothing that blocks, scripts, or changes server state.
+pub const EFFECT_COMMANDS: &[&str] = &[
+    "SET", "HSET", "HINCRBY", "INCRBY", "INCR", "RPUSH", "LPUSH", "SADD", "ZADD", "XADD", "DEL", "PEXPIRE", "EXPIRE",
+    "ZINCRBY", "HDEL", "SREM",
+];
+
 /// A Redis-side effect a handler asks to be committed atomically with the ack:
-/// a command from the allow-list in `commit.lua` and its arguments.
+/// a command from [`EFFECT_COMMANDS`] and its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effect {
     pub args: Vec<Vec<u8>>,
@@ -220,6 +258,21 @@ impl Effect {
         let mut v = vec![command.as_bytes().to_vec()];
         v.extend(args.into_iter().map(|a| a.as_ref().to_vec()));
         Effect { args: v }
+    }
+}
+
+impl Effect {
+    /// Why this effect cannot be committed, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(cmd) = self.args.first() else { return Err("empty effect".into()) };
+        let name = String::from_utf8_lossy(cmd).to_ascii_uppercase();
+        if !EFFECT_COMMANDS.contains(&name.as_str()) {
+            return Err(format!("effect command not allowed: {}", show(cmd)));
+        }
+        if self.args.len() < 2 {
+            return Err(format!("effect {name} names no key"));
+        }
+        Ok(())
     }
 }
 
@@ -283,7 +336,10 @@ pub enum Next {
 /// `unit` is a uniform draw from [0, 1) for the backoff jitter.
 pub fn after_handler(result: Result<Vec<Effect>, HandlerError>, token: u64, policy: &RetryPolicy, unit: f64) -> Next {
     match result {
-        Ok(effects) => Next::Commit(effects),
+        Ok(effects) => match effects.iter().try_for_each(Effect::check) {
+            Ok(()) => Next::Commit(effects),
+            Err(why) => Next::DeadLetter(format!("handler returned a bad effect: {why}")),
+        },
         Err(HandlerError::Permanent(reason)) => Next::DeadLetter(format!("handler refused: {reason}")),
         Err(HandlerError::Transient(reason)) if token >= policy.max_deliveries => {
             Next::DeadLetter(format!("handler failed {token} times, last error: {reason}"))
@@ -341,6 +397,19 @@ mod tests {
     }
 
     #[test]
+    fn notifications() {
+        let n = parse_notification(b"__keyevent@0__:expired", b"k:1").unwrap();
+        assert_eq!((n.db, n.event.as_slice(), n.key.as_slice()), (0, b"expired".as_slice(), b"k:1".as_slice()));
+        let n = parse_notification(b"__keyspace@12__:a__:b", b"expired").unwrap();
+        assert_eq!((n.db, n.key.as_slice()), (12, b"a__:b".as_slice()));
+        for bad in
+            [&b"__keyevent@__:expired"[..], b"__keyevent@x__:expired", b"other", b"__keyevent@0__:", b"__keyevent@0"]
+        {
+            assert_eq!(parse_notification(bad, b"k"), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn decisions() {
         let p = RetryPolicy {
             max_deliveries: 3,
@@ -359,6 +428,13 @@ mod tests {
             Next::DeadLetter("handler refused: gone".into())
         );
         assert_eq!(after_handler(Ok(vec![]), 1, &p, 0.5), Next::Commit(vec![]));
+        let eval = Effect::new("EVAL", ["return 1", "0"]);
+        assert_eq!(
+            after_handler(Ok(vec![eval]), 1, &p, 0.5),
+            Next::DeadLetter("handler returned a bad effect: effect command not allowed: EVAL".into())
+        );
+        assert!(Effect::new("rpush", ["k", "v"]).check().is_ok());
+        assert!(Effect { args: vec![] }.check().is_err());
     }
 
     #[test]

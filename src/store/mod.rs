@@ -393,25 +393,41 @@ impl Store {
         Ok(out)
     }
 
-    /// The fenced commit of a batch: one script call.
+    /// The fenced commit of one consumer's batch: one script call.
     pub async fn commit(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
         consumer: &str,
         ledger: LedgerConfig,
         items: &[CommitItem<'_>],
     ) -> Result<Vec<CommitOutcome>> {
+        let items: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|i| (consumer, i)).collect();
+        self.commit_many(conn, ledger, &items).await
+    }
+
+    /// The fenced commit of entries from several consumers (group commit): one script call;
+    /// each entry is fenced against its own consumer.
+    pub async fn commit_many(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+        ledger: LedgerConfig,
+        items: &[(&str, &CommitItem<'_>)],
+    ) -> Result<Vec<CommitOutcome>> {
         let mut inv = self.scripts.commit.prepare_invoke();
         inv.key(&self.keys.stream).key(&self.keys.stats);
         inv.arg(&self.group)
-            .arg(consumer)
             .arg(&self.keys.ledger_prefix)
             .arg(ledger.bucket.as_millis() as u64)
             .arg(ledger.retention.as_millis() as u64)
             .arg(ledger.safety.arg())
             .arg(items.len());
-        for it in items {
-            inv.arg(it.entry_id).arg(it.token).arg(&it.event.event_id).arg(it.event.deadline_ms).arg(it.effects.len());
+        for (consumer, it) in items {
+            inv.arg(it.entry_id)
+                .arg(*consumer)
+                .arg(it.token)
+                .arg(&it.event.event_id)
+                .arg(it.event.deadline_ms)
+                .arg(it.effects.len());
             for e in it.effects {
                 inv.arg(e.args.len());
                 for a in &e.args {
@@ -592,5 +608,33 @@ pub fn parse_xread(v: &Value) -> Result<Vec<RawEntry>> {
             None => Ok(vec![]),
         },
         other => Err(bad("XREADGROUP", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xread_replies_of_every_shape() {
+        let entry = Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("k"), bulk("v")])]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s"), Value::Array(vec![entry.clone()])])]);
+        let resp3 = Value::Map(vec![(bulk("s"), Value::Array(vec![entry]))]);
+        let want = vec![RawEntry { id: "1-0".into(), fields: vec![(b"k".to_vec(), b"v".to_vec())] }];
+        assert_eq!(parse_xread(&resp2).unwrap(), want);
+        assert_eq!(parse_xread(&resp3).unwrap(), want);
+        assert_eq!(parse_xread(&Value::Nil).unwrap(), vec![]);
+        // Truncated: a field without its value, and an entry whose fields are nil (deleted).
+        let odd = Value::Array(vec![Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("k")])])]);
+        assert_eq!(parse_entries(&odd).unwrap()[0].fields, vec![(b"k".to_vec(), vec![])]);
+        let deleted = Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Nil])]);
+        assert_eq!(parse_entries(&deleted).unwrap()[0].fields, vec![]);
+        // Wrong types are errors, not panics.
+        assert!(parse_xread(&Value::Int(3)).is_err());
+        assert!(parse_entries(&Value::Array(vec![Value::Array(vec![Value::Nil])])).is_err());
     }
 }

@@ -8,4 +8,5 @@ for i = 5, #KEYS do
   if r == 1 then emitted = emitted + 1 elseif r == 2 then moved = moved + 1
   elseif r >= 3 then dropped = dropped + 1 end
 end
+flush_counts(stats)
 return {emitted, moved, dropped}

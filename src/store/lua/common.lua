@@ -11,16 +11,29 @@ end
 local function fmt(n) return string.format('%d', n) end
 
 -- Must match core::event_id: sha1 over "<len>:<key>:<deadline>", first 32 hex digits.
+-- `dl` is the deadline's decimal digits.
 local function event_id(key, dl)
-  return string.sub(redis.sha1hex(fmt(#key) .. ':' .. key .. ':' .. fmt(dl)), 1, 32)
+  return string.sub(redis.sha1hex(#key .. ':' .. key .. ':' .. dl), 1, 32)
+end
+
+-- Counters for `{ns}:stats`, summed during the call and written once at the end
+-- (`flush_counts`): one HINCRBY per counter per call instead of one per key.
+local counts = {}
+local function count(field) counts[field] = (counts[field] or 0) + 1 end
+local function flush_counts(stats)
+  for f, n in pairs(counts) do redis.call('HINCRBY', stats, f, n) end
 end
 
 -- Outcome codes (core::CaptureOutcome): 0 nothing to do (untracked, already captured or
 -- not due), 1 emitted, 2 deadline moved, 3 persisted (dropped), 4 deleted before deadline.
-local function capture(idx, pay, stream, stats, key, via, now)
-  local s = redis.call('ZSCORE', idx, key)
+-- `s` is the key's index score when the caller already has it (the sweeper reads it with the
+-- range), else nil and it is looked up.
+local function capture(idx, pay, stream, stats, key, via, now, s)
+  s = s or redis.call('ZSCORE', idx, key)
   if not s then return 0 end
   local dl = tonumber(s)
+  -- Scores are integral ms, so ZSCORE's reply is already the decimal digits.
+  if string.find(s, '[^0-9]') then s = fmt(dl) end
   -- Touching the key makes Redis apply lazy expiry, so a due key is gone here.
   local pt = redis.call('PEXPIRETIME', key)
   if pt == -2 then
@@ -29,17 +42,17 @@ local function capture(idx, pay, stream, stats, key, via, now)
     redis.call('HDEL', pay, key)
     if now < dl then
       -- The key vanished before its deadline: it was deleted, not expired.
-      redis.call('HINCRBY', stats, 'deleted', 1)
+      count('deleted')
       return 4
     end
-    redis.call('XADD', stream, '*', 'k', key, 'd', fmt(dl), 'id', event_id(key, dl),
+    redis.call('XADD', stream, '*', 'k', key, 'd', s, 'id', event_id(key, s),
       'via', via, 'c', fmt(now), 'p', p or '')
-    redis.call('HINCRBY', stats, 'captured_' .. via, 1)
+    count('captured_' .. via)
     return 1
   elseif pt == -1 then
     redis.call('ZREM', idx, key)
     redis.call('HDEL', pay, key)
-    redis.call('HINCRBY', stats, 'persisted', 1)
+    count('persisted')
     return 3
   elseif pt ~= dl then
     redis.call('ZADD', idx, pt, key)

@@ -3,7 +3,8 @@
 local stream, dead, stats = KEYS[1], KEYS[2], KEYS[3]
 local group, consumer, id, token, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if not owns(stream, group, id, consumer, token) then
-  redis.call('HINCRBY', stats, 'fenced', 1)
+  count('fenced')
+  flush_counts(stats)
   return 3
 end
 local fields = {}
@@ -18,5 +19,6 @@ end
 redis.call(unpack(args))
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)
-redis.call('HINCRBY', stats, 'dead_lettered', 1)
+count('dead_lettered')
+flush_counts(stats)
 return 1

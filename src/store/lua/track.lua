@@ -2,6 +2,7 @@
 -- Returns its deadline, -1 if it has no TTL, -2 if it does not exist.
 local idx, pay, stream, stats, key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 capture(idx, pay, stream, stats, key, 'w', now_ms())
+flush_counts(stats)
 local dl = redis.call('PEXPIRETIME', key)
 if dl < 0 then return dl end
 local value = ''

@@ -9,10 +9,12 @@ for i = 5, #KEYS do
   local value = ARGV[(i - 5) * 2 + 2]
   -- A previous generation that already expired is captured before it is overwritten.
   capture(idx, pay, stream, stats, key, 'w', now)
-  redis.call('SET', key, value, 'PX', ttl)
-  local dl = redis.call('PEXPIRETIME', key)
+  -- An absolute deadline from the server clock: exactly what PEXPIRETIME will report.
+  local dl = now + tonumber(ttl)
+  redis.call('SET', key, value, 'PXAT', fmt(dl))
   redis.call('ZADD', idx, dl, key)
   redis.call('HSET', pay, key, value)
   out[#out + 1] = dl
 end
+flush_counts(stats)
 return out
