@@ -157,7 +157,9 @@ impl Report {
             "seed": self.seed,
             "unsafe_switches": self.unsafe_switches,
             "verdict": self.verdict,
-            "created": self.oracle.created,
+            // Creations acknowledged to the producer (its local ledger): the oracle's own count
+            // can legitimately vary where a restart may lose writes (appendfsync everysec).
+            "created": self.acknowledged.created,
             "expectations": expectations,
             "faults": faults,
             "plan": plan,

@@ -502,7 +502,7 @@ pub async fn consumer_names(store: &Store) -> Vec<String> {
 /// The workload: paced creations with TTLs drawn from the seed. Each batch is one atomic
 /// write; once Redis acknowledges it, the creations go to the local ledger file, then to the
 /// oracle's created ledger. A failed write is retried (the gate guarantees it failed before
-/// Redis executed it: faults that break the harness's connections wait for the batch).
+/// Redis executed it: faults that break the harness's connections wait for the whole batch).
 async fn produce(
     store: Store,
     s: Scenario,
@@ -533,12 +533,13 @@ async fn produce(
                 (crate::workload::key_for(&store, i), payload_for(i, w.payload_bytes), Duration::from_millis(ttl))
             })
             .collect();
+        // One gate guard over the write, the local ledger and the created ledger: a restart
+        // never falls between a batch's write and its record, so what a crash loses is a
+        // suffix of both (counted by `acknowledged_lost`), never a record without its keys.
+        let batch_guard = gate.read().await;
         let mut attempts = 0;
         let deadlines = loop {
-            let r = {
-                let _g = gate.read().await;
-                store.write_batch(&items).await
-            };
+            let r = store.write_batch(&items).await;
             match r {
                 Ok(d) => break d,
                 Err(e) => {
@@ -558,10 +559,7 @@ async fn produce(
         let recs: Vec<(&[u8], i64)> = items.iter().zip(&deadlines).map(|((k, _, _), d)| (k.as_slice(), *d)).collect();
         let mut attempts = 0;
         loop {
-            let r = {
-                let _g = gate.read().await;
-                crate::oracle::record_created(&store, &recs).await
-            };
+            let r = crate::oracle::record_created(&store, &recs).await;
             match r {
                 Ok(()) => break,
                 Err(e) => {
@@ -574,6 +572,7 @@ async fn produce(
                 }
             }
         }
+        drop(batch_guard);
         sent += n;
         created.store(sent, Ordering::Relaxed);
     }
