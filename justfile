@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration model loom sim-sweep differential run-smoke full fuzz-smoke
+verify: fmt-check unit integration model loom sim-sweep differential chaos run-smoke full fuzz-smoke
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -91,3 +91,11 @@ sim-sweep count="10000":
 # Differential tests: generated operation sequences on the model and on a real redis-server process; replies and state must agree after every step.
 differential:
     EXPIRY_STREAM_REDIS=process cargo test --test differential
+
+# Chaos scenarios (scenarios/*.toml) against real Redis, pipeline as separate processes; each report must match its snapshot.
+chaos:
+    cargo test --test chaos -- --test-threads=1
+
+# Run the chaos scenarios and accept their reports as the new snapshots (review the diff before committing).
+chaos-accept:
+    INSTA_UPDATE=always cargo test --test chaos -- --test-threads=1 every_scenario

@@ -78,6 +78,10 @@ struct Consumers {
     /// older than this are not suppressed).
     #[arg(long, default_value_t = 24 * 3600 * 1000)]
     ledger_retention_ms: u64,
+    /// Width of one ledger bucket (a set of event ids by deadline, expiring `retention` after
+    /// the bucket ends), ms. With a short retention, a short bucket makes the ledger forget soon.
+    #[arg(long, default_value_t = 60_000)]
+    ledger_bucket_ms: u64,
 }
 
 impl Consumers {
@@ -90,6 +94,7 @@ impl Consumers {
             max_deliveries: self.max_deliveries.max(1),
             ledger: LedgerConfig {
                 retention: Duration::from_millis(self.ledger_retention_ms),
+                bucket: Duration::from_millis(self.ledger_bucket_ms.max(1)),
                 ..LedgerConfig::default()
             },
             ..ConsumerConfig::default()

@@ -236,6 +236,96 @@ async fn start_container(_extra: &[String]) -> Result<RedisServer, ProvisionErro
     Err(ProvisionError::Unavailable("built without the `containers` feature".into()))
 }
 
+// ---- Chaos support, used by `scenario`: the server's own process or container, and a crash
+// followed by a restart with the same port (process), container, directory and arguments.
+
+impl RedisServer {
+    /// The `redis-server` pid (process backend only).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.guard {
+            Guard::Process { child, .. } => Some(child.id()),
+            _ => None,
+        }
+    }
+
+    /// The container id (container backend only).
+    pub fn container_id(&self) -> Option<String> {
+        match &self.guard {
+            #[cfg(feature = "containers")]
+            Guard::Container(Some(c)) => Some(c.id().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Crashes the server with SIGKILL (no shutdown, so no final AOF flush or fsync), waits
+    /// `down_for`, and starts it again on the same data directory with the same arguments
+    /// (`extra` must be those it was started with). A process keeps its port; a container gets
+    /// a new host port, so the new URL is returned (and stored in `self.url`).
+    pub async fn crash_restart(&mut self, extra: &[String], down_for: Duration) -> Result<String, ProvisionError> {
+        let unavailable = |e: String| ProvisionError::Unavailable(e);
+        match &mut self.guard {
+            Guard::Process { child, dir } => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tokio::time::sleep(down_for).await;
+                let bin = redis_server_path().ok_or_else(|| unavailable("redis-server not found on PATH".into()))?;
+                let port = self
+                    .url
+                    .trim_end_matches('/')
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(|| unavailable(format!("no port in {}", self.url)))?;
+                let mut cmd = std::process::Command::new(&bin);
+                cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--dir").arg(&*dir);
+                cmd.args(BASE_ARGS).args(extra);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
+                *child = cmd.spawn().map_err(|e| unavailable(format!("{}: {e}", bin.display())))?;
+                self.backend = format!("process {} ({})", child.id(), bin.display());
+            }
+            #[cfg(feature = "containers")]
+            Guard::Container(Some(c)) => {
+                let id = c.id().to_string();
+                let docker = |args: &[&str]| -> Result<String, ProvisionError> {
+                    let out = std::process::Command::new("docker")
+                        .args(args)
+                        .output()
+                        .map_err(|e| ProvisionError::Unavailable(format!("docker CLI: {e}")))?;
+                    if !out.status.success() {
+                        return Err(ProvisionError::Unavailable(format!(
+                            "docker {}: {}",
+                            args.join(" "),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )));
+                    }
+                    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                };
+                docker(&["kill", "--signal", "KILL", &id])?;
+                // `docker kill` returns before the container has stopped.
+                let stopped = Instant::now();
+                while docker(&["inspect", "--format", "{{.State.Running}}", &id])?.trim() == "true" {
+                    if stopped.elapsed() > Duration::from_secs(10) {
+                        return Err(unavailable(format!("container {id} still running after kill")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(down_for).await;
+                docker(&["start", &id])?;
+                let ports = docker(&["port", &id, "6379/tcp"])?;
+                let port = ports
+                    .lines()
+                    .filter_map(|l| l.rsplit(':').next())
+                    .find_map(|p| p.trim().parse::<u16>().ok())
+                    .ok_or_else(|| unavailable(format!("docker port {id}: {ports:?}")))?;
+                self.url = format!("redis://127.0.0.1:{port}/");
+            }
+            _ => return Err(unavailable("only a provisioned Redis (process or container) can be restarted".into())),
+        }
+        wait_ready(&self.url, Duration::from_secs(30)).await.map_err(ProvisionError::Unavailable)?;
+        Ok(self.url.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,629 @@
+//! The fault injectors: one function per firing of a `[[fault]]`, each counting what it
+//! actually did (signals delivered, commands that succeeded, entries replayed), never what
+//! was planned. The plan itself ([`plan`]) is a pure function of the file and its seed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+
+use super::procs::{self, Shared};
+use super::proxy::{host_port, Proxy};
+use super::report::{FaultReport, Firing, RestartObs};
+use super::spec::{FaultKind, NetRole, Role, Scenario, Targets};
+use crate::core::{encode_entry, event_id, Event, Via};
+use crate::provision::RedisServer;
+use crate::store::Store;
+
+/// Every firing of every fault, with its targets, from the seed alone.
+pub fn plan(s: &Scenario) -> Vec<Firing> {
+    let mut rng = fastrand::Rng::with_seed(s.seed);
+    let mut out = vec![];
+    for (i, f) in s.faults.iter().enumerate() {
+        let have = match f.kind.role() {
+            Some(Role::Consumer) => s.topology.consumer_processes,
+            Some(Role::Listener) => s.topology.listeners,
+            Some(Role::Sweeper) => s.topology.sweepers,
+            None => 0,
+        };
+        let default = if f.kind == FaultKind::NoListener { Targets::All } else { Targets::Count(1) };
+        for (n, at) in f.firings().into_iter().enumerate() {
+            let targets = match (f.kind.role(), f.targets.unwrap_or(default)) {
+                (None, _) => vec![],
+                (Some(_), Targets::All) => (0..have).collect(),
+                (Some(_), Targets::Count(k)) => {
+                    let mut all: Vec<usize> = (0..have).collect();
+                    rng.shuffle(&mut all);
+                    let mut t: Vec<usize> = all.into_iter().take(k.min(have)).collect();
+                    t.sort_unstable();
+                    t
+                }
+            };
+            out.push(Firing { fault: i, kind: f.kind, n: n as u32, at_ms: at, targets, seed: rng.u64(..) });
+        }
+    }
+    out
+}
+
+/// The proxies every role reaches Redis through.
+pub struct Proxies {
+    pub consumers: Proxy,
+    pub capture: Proxy,
+    pub harness: Proxy,
+}
+
+impl Proxies {
+    pub fn all(&self) -> [&Proxy; 3] {
+        [&self.consumers, &self.capture, &self.harness]
+    }
+    fn for_role(&self, r: NetRole) -> &Proxy {
+        match r {
+            NetRole::Consumers => &self.consumers,
+            NetRole::Capture => &self.capture,
+        }
+    }
+}
+
+/// Everything a fault needs.
+pub struct Ctx {
+    pub scenario: Scenario,
+    pub procs: Shared,
+    pub server: Arc<tokio::sync::Mutex<RedisServer>>,
+    /// Arguments the server was started with (a restart must use the same).
+    pub server_args: Vec<String>,
+    pub proxies: Proxies,
+    /// The harness's own connection (through its proxy).
+    pub store: Store,
+    /// Held for writing by faults that break the harness's own connections (restart, client
+    /// kill), so the producer is never caught mid-write: each creation is acknowledged or
+    /// cleanly retried, never ambiguous. (Re)starting a process takes it for reading: a
+    /// process is never started while Redis is deliberately down (it would exit at once, as
+    /// `consume` and `capture` do when Redis is unreachable at startup).
+    pub gate: Arc<tokio::sync::RwLock<()>>,
+    pub reports: Mutex<Vec<FaultReport>>,
+    pub restarts: Mutex<Vec<RestartObs>>,
+    /// Payload of workload key `i` (to replay faithful copies of entries).
+    pub payload_for: fn(u64, usize) -> Vec<u8>,
+}
+
+impl Ctx {
+    fn count(&self, fault: usize, what: &str, n: u64) {
+        let mut r = self.reports.lock().unwrap();
+        *r[fault].counts.entry(what.to_string()).or_insert(0) += n;
+    }
+    fn fired(&self, fault: usize) {
+        self.reports.lock().unwrap()[fault].fired += 1;
+    }
+    async fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
+        let client = redis::Client::open(self.proxies.harness.url())?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        Ok(client.get_multiplexed_async_connection_with_config(&cfg).await?)
+    }
+    fn base_faults(&self) -> String {
+        self.scenario.topology.fault_points.clone()
+    }
+}
+
+fn join_faults(base: &str, extra: &str) -> String {
+    if base.is_empty() {
+        extra.to_string()
+    } else {
+        format!("{base};{extra}")
+    }
+}
+
+/// Entries pending for the consumers of process `pid` (consumer names embed the pid).
+pub async fn held_by(store: &Store, pid: u32) -> u64 {
+    let mut c = store.conn.clone();
+    let v: redis::RedisResult<Value> =
+        redis::cmd("XPENDING").arg(&store.keys.stream).arg(&store.group).query_async(&mut c).await;
+    let Ok(Value::Array(a)) = v else { return 0 };
+    let Some(Value::Array(per)) = a.get(3) else { return 0 };
+    let tag = format!("-{pid}-");
+    let mut n = 0;
+    for row in per {
+        if let Value::Array(r) = row {
+            let name = match r.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => continue,
+            };
+            let count = match r.get(1) {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse().unwrap_or(0),
+                Some(Value::Int(i)) => *i as u64,
+                _ => 0,
+            };
+            if name.contains(&tag) {
+                n += count;
+            }
+        }
+    }
+    n
+}
+
+async fn llen(store: &Store, key: &str) -> anyhow::Result<u64> {
+    let mut c = store.conn.clone();
+    Ok(redis::cmd("LLEN").arg(key).query_async(&mut c).await?)
+}
+
+/// Runs one firing. Errors are counted, never fatal to the run: the report shows a firing
+/// that did not fire.
+pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
+    let spec = ctx.scenario.faults[f.fault].clone();
+    let for_ms = Duration::from_millis(spec.for_ms.unwrap_or(0));
+    let restart_after = Duration::from_millis(spec.restart_after_ms.unwrap_or(500));
+    let i = f.fault;
+    let grace = Duration::from_secs(20);
+    let result: anyhow::Result<()> = async {
+        match f.kind {
+            FaultKind::KillConsumer | FaultKind::KillListener | FaultKind::KillSweeper => {
+                let role = f.kind.role().expect("role");
+                let mut killed = vec![];
+                for &t in &f.targets {
+                    wait_alive(&ctx.procs, role, t).await;
+                    let pid = ctx.procs.lock().unwrap().kill9(role, t);
+                    if let Some(pid) = pid {
+                        ctx.count(i, "sigkill_delivered", 1);
+                        if role == Role::Consumer {
+                            // The dead process's pending entries, frozen at the kill: the batch
+                            // it was in the middle of.
+                            let held = held_by(&ctx.store, pid).await;
+                            ctx.count(i, "entries_held_at_kill", held);
+                            if held > 0 {
+                                ctx.count(i, "kills_mid_batch", 1);
+                            }
+                        }
+                        killed.push(t);
+                    }
+                }
+                if !killed.is_empty() {
+                    ctx.fired(i);
+                }
+                tokio::time::sleep(restart_after).await;
+                for t in killed {
+                    procs::start(&ctx.procs, &ctx.gate, role, t).await?;
+                    ctx.count(i, "restarts", 1);
+                }
+            }
+            FaultKind::CrashMidBatch => {
+                let p = spec.probability.unwrap_or(0.05);
+                let exits_before = ctx.procs.lock().unwrap().exits.iter().filter(|x| x.injected).count();
+                for &t in &f.targets {
+                    {
+                        let mut pr = ctx.procs.lock().unwrap();
+                        pr.set_faults(t, &join_faults(&ctx.base_faults(), &format!("consume::after_read=abort@{p}")));
+                        pr.set_restart_after(Role::Consumer, t, restart_after);
+                    }
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
+                    ctx.count(i, "processes_armed", 1);
+                }
+                tokio::time::sleep(for_ms).await;
+                for &t in &f.targets {
+                    ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
+                }
+                let aborts =
+                    ctx.procs.lock().unwrap().exits.iter().filter(|x| x.injected).count().saturating_sub(exits_before);
+                ctx.count(i, "aborts_observed", aborts as u64);
+                if aborts > 0 {
+                    ctx.fired(i);
+                }
+            }
+            FaultKind::StopConsumer => {
+                let mut stopped = vec![];
+                for &t in &f.targets {
+                    wait_alive(&ctx.procs, Role::Consumer, t).await;
+                    let delivered = ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGSTOP);
+                    if delivered {
+                        ctx.count(i, "sigstop_delivered", 1);
+                        let pid = ctx.procs.lock().unwrap().pid(Role::Consumer, t);
+                        if let Some(pid) = pid {
+                            ctx.count(i, "entries_held_at_stop", held_by(&ctx.store, pid).await);
+                        }
+                        stopped.push(t);
+                    }
+                }
+                if !stopped.is_empty() {
+                    ctx.fired(i);
+                }
+                tokio::time::sleep(for_ms).await;
+                for t in stopped {
+                    if ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGCONT) {
+                        ctx.count(i, "sigcont_delivered", 1);
+                    }
+                }
+            }
+            FaultKind::DelayAcks => {
+                let d = spec.delay_ms.unwrap_or(0);
+                let p = spec.probability.unwrap_or(1.0);
+                let fenced_before = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
+                for &t in &f.targets {
+                    ctx.procs.lock().unwrap().set_faults(
+                        t,
+                        &join_faults(&ctx.base_faults(), &format!("consume::before_commit=sleep({d})@{p}")),
+                    );
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
+                    ctx.count(i, "processes_armed", 1);
+                }
+                if !f.targets.is_empty() {
+                    ctx.fired(i);
+                }
+                tokio::time::sleep(for_ms).await;
+                for &t in &f.targets {
+                    ctx.procs.lock().unwrap().set_faults(t, &ctx.base_faults());
+                    procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
+                    procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
+                }
+                let fenced_after = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
+                ctx.count(i, "library_fenced_commits_meanwhile", (fenced_after - fenced_before).max(0) as u64);
+            }
+            FaultKind::Replay => {
+                replay(&ctx, &f, spec.mode.as_deref().unwrap_or("readd"), spec.entries.unwrap_or(20)).await?
+            }
+            FaultKind::NoListener => {
+                let n = ctx.procs.lock().unwrap().count(Role::Listener);
+                let mut stopped = 0;
+                for t in 0..n {
+                    procs::stop(&ctx.procs, Role::Listener, t, grace).await;
+                    stopped += 1;
+                }
+                let down = Instant::now();
+                ctx.count(i, "listeners_stopped", stopped);
+                if stopped > 0 {
+                    ctx.fired(i);
+                }
+                tokio::time::sleep(for_ms).await;
+                for t in 0..n {
+                    procs::start(&ctx.procs, &ctx.gate, Role::Listener, t).await?;
+                }
+                ctx.count(i, "listeners_restarted", n as u64);
+                ctx.count(i, "outage_ms", down.elapsed().as_millis() as u64);
+            }
+            FaultKind::RestartRedis => {
+                let _gate = ctx.gate.write().await;
+                let created_before = llen(&ctx.store, &ctx.store.keys.created).await?;
+                let effects_before = llen(&ctx.store, &ctx.store.keys.effects).await?;
+                let down = Duration::from_millis(spec.restart_after_ms.unwrap_or(0));
+                let t0 = Instant::now();
+                let url = ctx.server.lock().await.crash_restart(&ctx.server_args, down).await?;
+                let hp = host_port(&url).ok_or_else(|| anyhow::anyhow!("bad url {url}"))?;
+                for p in ctx.proxies.all() {
+                    p.set_upstream(&hp);
+                    p.reset_all();
+                }
+                let down_ms = t0.elapsed().as_millis() as u64;
+                ctx.count(i, "restarts", 1);
+                ctx.fired(i);
+                // The harness's connection reconnects on its first command after the restart.
+                let mut after = None;
+                for _ in 0..100 {
+                    if let (Ok(c), Ok(e)) = (
+                        llen(&ctx.store, &ctx.store.keys.created).await,
+                        llen(&ctx.store, &ctx.store.keys.effects).await,
+                    ) {
+                        after = Some((c, e));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let (created_after, effects_after) =
+                    after.ok_or_else(|| anyhow::anyhow!("Redis unreachable after restart"))?;
+                ctx.count(i, "effects_rolled_back", effects_before.saturating_sub(effects_after));
+                ctx.count(i, "created_rolled_back", created_before.saturating_sub(created_after));
+                ctx.restarts.lock().unwrap().push(RestartObs {
+                    appendfsync: if ctx.scenario.redis.appendonly {
+                        ctx.scenario.redis.appendfsync.as_str().to_string()
+                    } else {
+                        "appendonly no".to_string()
+                    },
+                    created_before,
+                    created_after,
+                    effects_before,
+                    effects_after,
+                    down_ms,
+                });
+            }
+            FaultKind::ClientKill => {
+                let _gate = ctx.gate.write().await;
+                let mut c = ctx.conn().await?;
+                let own: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
+                let mut sc = ctx.store.conn.clone();
+                let harness: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut sc).await?;
+                let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await?;
+                let mut ids: Vec<i64> = list
+                    .lines()
+                    .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("id=")))
+                    .filter_map(|id| id.parse().ok())
+                    .filter(|id| *id != own && *id != harness)
+                    .collect();
+                let fraction = spec.fraction.unwrap_or(1.0);
+                let mut rng = fastrand::Rng::with_seed(f.seed);
+                rng.shuffle(&mut ids);
+                let take = ((ids.len() as f64) * fraction).ceil() as usize;
+                let mut killed = 0u64;
+                for id in ids.into_iter().take(take) {
+                    let n: i64 =
+                        redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut c).await.unwrap_or(0);
+                    killed += n.max(0) as u64;
+                }
+                ctx.count(i, "clients_killed", killed);
+                if killed > 0 {
+                    ctx.fired(i);
+                }
+            }
+            FaultKind::PauseRedis => {
+                let mode = spec.mode.as_deref().unwrap_or("client_pause");
+                let t0 = Instant::now();
+                match mode {
+                    "client_pause" => {
+                        let mut c = ctx.conn().await?;
+                        let _: () = redis::cmd("CLIENT")
+                            .arg("PAUSE")
+                            .arg(for_ms.as_millis() as u64)
+                            .arg("ALL")
+                            .query_async(&mut c)
+                            .await?;
+                        ctx.count(i, "client_pauses", 1);
+                        ctx.fired(i);
+                        tokio::time::sleep(for_ms).await;
+                    }
+                    "debug_sleep" => {
+                        let mut c = ctx.conn().await?;
+                        let secs = format!("{:.3}", for_ms.as_secs_f64());
+                        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg(secs).query_async(&mut c).await?;
+                        ctx.count(i, "debug_sleeps", 1);
+                        ctx.fired(i);
+                    }
+                    _ => {
+                        let (pid, cid) = {
+                            let s = ctx.server.lock().await;
+                            (s.pid(), s.container_id())
+                        };
+                        if let Some(pid) = pid {
+                            if procs::send(pid, libc::SIGSTOP) {
+                                ctx.count(i, "freezes", 1);
+                                ctx.fired(i);
+                                tokio::time::sleep(for_ms).await;
+                                if procs::send(pid, libc::SIGCONT) {
+                                    ctx.count(i, "thaws", 1);
+                                }
+                            }
+                        } else if let Some(id) = cid {
+                            if docker(&["pause", &id]).await {
+                                ctx.count(i, "freezes", 1);
+                                ctx.fired(i);
+                                tokio::time::sleep(for_ms).await;
+                                if docker(&["unpause", &id]).await {
+                                    ctx.count(i, "thaws", 1);
+                                }
+                            }
+                        } else {
+                            anyhow::bail!("freeze needs a provisioned Redis (process or container)");
+                        }
+                    }
+                }
+                ctx.count(i, "paused_ms", t0.elapsed().as_millis() as u64);
+            }
+            FaultKind::NetDelay => {
+                let p = ctx.proxies.for_role(spec.role.unwrap_or_default());
+                let before = p.stats().chunks_delayed.load(std::sync::atomic::Ordering::Relaxed);
+                p.set_delay(Duration::from_millis(spec.delay_ms.unwrap_or(0)));
+                tokio::time::sleep(for_ms).await;
+                p.set_delay(Duration::ZERO);
+                let n = p.stats().chunks_delayed.load(std::sync::atomic::Ordering::Relaxed) - before;
+                ctx.count(i, "chunks_delayed", n);
+                if n > 0 {
+                    ctx.fired(i);
+                }
+            }
+            FaultKind::NetCut => {
+                let p = ctx.proxies.for_role(spec.role.unwrap_or_default());
+                let before = p.stats().connections_reset.load(std::sync::atomic::Ordering::Relaxed);
+                p.cut();
+                ctx.count(i, "cuts", 1);
+                tokio::time::sleep(for_ms).await;
+                p.heal();
+                // Resets are counted by the connection tasks as they close.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = p.stats().connections_reset.load(std::sync::atomic::Ordering::Relaxed) - before;
+                ctx.count(i, "connections_reset", n);
+                if n > 0 {
+                    ctx.fired(i);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("scenario: fault {} #{} ({}) failed: {e:#}", f.kind, f.n, i);
+        ctx.count(i, "errors", 1);
+    }
+}
+
+/// In mixes another fault may have the target down (killed, restarting) right now: wait a
+/// little for it to be back, so the firing hits a live process rather than nothing.
+async fn wait_alive(procs: &Shared, role: Role, index: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if procs.lock().unwrap().pid(role, index).is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn docker(args: &[&str]) -> bool {
+    tokio::process::Command::new("docker").args(args).output().await.map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Replays: `readd` re-XADDs faithful copies of entries already effected (rebuilt from the
+/// created ledger: same key, deadline, event id and payload); `setid` rewinds the group to 0
+/// so entries still in the stream are delivered again; `xclaim` forcibly moves pending
+/// entries to another consumer name, so their holder's commit comes too late.
+async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Result<()> {
+    let i = f.fault;
+    let store = &ctx.store;
+    let mut c = ctx.conn().await?;
+    let mut rng = fastrand::Rng::with_seed(f.seed);
+    match mode {
+        "readd" => {
+            let effects: Vec<Vec<u8>> =
+                redis::cmd("LRANGE").arg(&store.keys.effects).arg(0).arg(-1).query_async(&mut c).await?;
+            let created: Vec<Vec<u8>> =
+                redis::cmd("LRANGE").arg(&store.keys.created).arg(0).arg(-1).query_async(&mut c).await?;
+            let mut by_id: HashMap<String, (Vec<u8>, i64)> = HashMap::new();
+            for rec in &created {
+                let Some(colon) = rec.iter().position(|b| *b == b':') else { continue };
+                let Some(d) = std::str::from_utf8(&rec[..colon]).ok().and_then(|s| s.parse::<i64>().ok()) else {
+                    continue;
+                };
+                let key = rec[colon + 1..].to_vec();
+                by_id.insert(event_id(&key, d), (key, d));
+            }
+            let mut ids: Vec<String> = effects
+                .iter()
+                .filter_map(|r| String::from_utf8_lossy(r).split('|').next().map(str::to_string))
+                .filter(|id| by_id.contains_key(id))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            rng.shuffle(&mut ids);
+            let prefix = store.keys.key_prefix();
+            let mut added = 0u64;
+            for id in ids.into_iter().take(entries as usize) {
+                let (key, d) = by_id[&id].clone();
+                let index = String::from_utf8_lossy(&key).strip_prefix(&prefix).and_then(|s| s.parse::<u64>().ok());
+                let ev = Event {
+                    event_id: id,
+                    deadline_ms: d,
+                    via: Via::Sweeper,
+                    captured_ms: crate::oracle::now_ms(),
+                    payload: index
+                        .map(|n| (ctx.payload_for)(n, ctx.scenario.workload.payload_bytes))
+                        .unwrap_or_default(),
+                    key,
+                };
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&store.keys.stream).arg("*");
+                for (k, v) in encode_entry(&ev) {
+                    cmd.arg(k).arg(v);
+                }
+                if cmd.query_async::<String>(&mut c).await.is_ok() {
+                    added += 1;
+                }
+            }
+            ctx.count(i, "entries_readded", added);
+            if added > 0 {
+                ctx.fired(i);
+            }
+        }
+        "setid" => {
+            let len: u64 = redis::cmd("XLEN").arg(&store.keys.stream).query_async(&mut c).await?;
+            let _: () = redis::cmd("XGROUP")
+                .arg("SETID")
+                .arg(&store.keys.stream)
+                .arg(&store.group)
+                .arg("0")
+                .query_async(&mut c)
+                .await?;
+            ctx.count(i, "setid_calls", 1);
+            ctx.count(i, "entries_rewound", len);
+            ctx.fired(i);
+        }
+        _ => {
+            // Wait (briefly) for something in flight to steal.
+            let start = Instant::now();
+            let mut claimed = 0u64;
+            while start.elapsed() < Duration::from_secs(3) && claimed == 0 {
+                let v: Value = redis::cmd("XPENDING")
+                    .arg(&store.keys.stream)
+                    .arg(&store.group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(entries)
+                    .query_async(&mut c)
+                    .await?;
+                let ids: Vec<String> = match v {
+                    Value::Array(rows) => rows
+                        .iter()
+                        .filter_map(|r| match r {
+                            Value::Array(x) => match x.first() {
+                                Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                                Some(Value::SimpleString(s)) => Some(s.clone()),
+                                _ => None,
+                            },
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => vec![],
+                };
+                if !ids.is_empty() {
+                    let mut cmd = redis::cmd("XCLAIM");
+                    cmd.arg(&store.keys.stream).arg(&store.group).arg("chaos-xclaim").arg(0);
+                    for id in &ids {
+                        cmd.arg(id);
+                    }
+                    cmd.arg("JUSTID");
+                    let got: Vec<String> = cmd.query_async(&mut c).await?;
+                    claimed += got.len() as u64;
+                }
+                if claimed == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            ctx.count(i, "entries_force_claimed", claimed);
+            if claimed > 0 {
+                ctx.fired(i);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The counters each kind reports (all present, 0 until counted, so that the set of names in
+/// a report does not depend on the run).
+pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] {
+    match kind {
+        FaultKind::KillConsumer => &["sigkill_delivered", "entries_held_at_kill", "kills_mid_batch", "restarts"],
+        FaultKind::CrashMidBatch => &["processes_armed", "aborts_observed"],
+        FaultKind::StopConsumer => &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered"],
+        FaultKind::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile"],
+        FaultKind::Replay => match mode {
+            Some("setid") => &["setid_calls", "entries_rewound"],
+            Some("xclaim") => &["entries_force_claimed"],
+            _ => &["entries_readded"],
+        },
+        FaultKind::KillListener | FaultKind::KillSweeper => &["sigkill_delivered", "restarts"],
+        FaultKind::NoListener => &["listeners_stopped", "listeners_restarted", "outage_ms"],
+        FaultKind::RestartRedis => &["restarts", "created_rolled_back", "effects_rolled_back"],
+        FaultKind::ClientKill => &["clients_killed"],
+        FaultKind::PauseRedis => match mode {
+            Some("debug_sleep") => &["debug_sleeps", "paused_ms"],
+            Some("freeze") => &["freezes", "thaws", "paused_ms"],
+            _ => &["client_pauses", "paused_ms"],
+        },
+        FaultKind::NetDelay => &["chunks_delayed"],
+        FaultKind::NetCut => &["cuts", "connections_reset"],
+    }
+}
+
+/// Fresh per-fault reports, one per `[[fault]]`, with the planned firing counts.
+pub fn empty_reports(s: &Scenario) -> Vec<FaultReport> {
+    s.faults
+        .iter()
+        .map(|f| FaultReport {
+            kind: f.kind.name().to_string(),
+            planned: f.times as u64,
+            fired: 0,
+            counts: counters(f.kind, f.mode.as_deref()).iter().map(|c| (c.to_string(), 0)).collect(),
+        })
+        .collect()
+}
