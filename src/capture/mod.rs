@@ -134,7 +134,11 @@ pub async fn run_listener(
                             sweep_now.notify_waiters();
                         }
                         PushKind::Subscribe => {
-                            // (Re)subscribed: events during the gap are lost, sweep now.
+                            // (Re)subscribed: events during the gap are lost, sweep now. A
+                            // restarted Redis has forgotten a CONFIG SET: enable them again.
+                            if let NotifyConfig::NotPermitted(e) = ensure_notifications(&store).await {
+                                eprintln!("listener: {NOTIFY_HELP} ({e})");
+                            }
                             sweep_now.notify_waiters();
                         }
                         _ => {}

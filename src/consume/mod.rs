@@ -19,8 +19,11 @@ use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
 pub struct Delivery {
     pub entry_id: String,
     pub consumer: String,
-    /// Delivery count of this entry: strictly increases with each delivery, so an external
-    /// sink can refuse a write carrying a lower token than one it has seen (a fencing token).
+    /// Delivery count of this entry (the commit's fencing token): it increases with each
+    /// redelivery (reclaim, retry), so an external sink can refuse a write carrying a lower
+    /// token than one it has seen for the same event id. A group reset (`XGROUP SETID`)
+    /// restarts it at 1: idempotency must rest on the event id, the token only orders
+    /// deliveries within one reading of the stream.
     pub token: u64,
 }
 
