@@ -20,10 +20,7 @@ pub mod capture_code {
 }
 
 /// The effect commands `commit.lua` allows.
-pub const ALLOWED_EFFECTS: &[&str] = &[
-    "SET", "HSET", "HINCRBY", "INCRBY", "INCR", "RPUSH", "LPUSH", "SADD", "ZADD", "XADD", "DEL", "PEXPIRE", "EXPIRE",
-    "ZINCRBY", "HDEL", "SREM",
-];
+pub use crate::core::EFFECT_COMMANDS as ALLOWED_EFFECTS;
 
 /// One namespace of the model, with the same operations as [`crate::store::Store`].
 #[derive(Clone, Debug)]
@@ -251,7 +248,7 @@ impl ModelStore {
 
     /// `commit.lua`: the fenced, ledgered, atomic commit of a batch, honouring
     /// `ledger.safety` exactly as the script honours its `safety` argument. A refused effect
-    /// command aborts the script with an error, keeping what it already did (as Lua does).
+    /// command refuses the whole batch before anything is written (as commit.lua does).
     pub fn commit(
         &mut self,
         consumer: &str,
@@ -260,6 +257,22 @@ impl ModelStore {
     ) -> crate::store::Result<Vec<CommitOutcome>> {
         let bucket_ms = (ledger.bucket.as_millis() as i64).max(1);
         let retention = ledger.retention.as_millis() as i64;
+        // As commit.lua: every effect is validated before anything is written.
+        for it in items {
+            for e in it.effects {
+                let name =
+                    String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b"")).to_ascii_uppercase();
+                if !ALLOWED_EFFECTS.contains(&name.as_str()) {
+                    return Err(script_err(
+                        "commit",
+                        format!(
+                            "effect command not allowed: {}",
+                            String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b""))
+                        ),
+                    ));
+                }
+            }
+        }
         let mut out = vec![];
         for it in items {
             let token = it.token.to_string();
@@ -277,14 +290,6 @@ impl ModelStore {
             } else {
                 self.model.pexpireat(&lk, (bucket + 1) * bucket_ms + retention);
                 for e in it.effects {
-                    let name = String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b""))
-                        .to_ascii_uppercase();
-                    if !ALLOWED_EFFECTS.contains(&name.as_str()) {
-                        return Err(script_err(
-                            "commit",
-                            format!("effect command not allowed: {}", String::from_utf8_lossy(&e.args[0])),
-                        ));
-                    }
                     self.model.call(&e.args).map_err(|err| script_err("commit", err))?;
                 }
                 out.push(CommitOutcome::Committed);
