@@ -441,12 +441,15 @@ mod tests {
         s.model.pexpire(b"a", 1000); // moved
         s.model.persist(b"b"); // persisted
         s.model.del(b"c"); // deleted before deadline
-        assert_eq!(
-            s.capture(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], Via::Notification),
-            (0, 1, 2)
-        );
+        assert_eq!(s.capture(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], Via::Sweeper), (0, 1, 2));
         s.model.advance(20);
         assert_eq!(s.capture(&[b"d".to_vec(), b"d".to_vec(), b"zz".to_vec()], Via::Notification), (1, 0, 0));
+        // An `expired` notification for a key gone before its indexed deadline (its TTL was
+        // shortened elsewhere) is an expiration, not a delete: emitted.
+        s.write_batch(&[(b"e".to_vec(), b"v".to_vec(), Duration::from_millis(10_000))]);
+        s.model.pexpire(b"e", 1);
+        s.model.advance(5);
+        assert_eq!(s.capture(&[b"e".to_vec()], Via::Notification), (1, 0, 0));
     }
 
     #[test]
