@@ -76,7 +76,7 @@ struct Consumers {
     max_deliveries: u64,
     /// How long the ledger remembers an event id after its deadline's bucket, ms (replays
     /// older than this are not suppressed).
-    #[arg(long, default_value_t = 24 * 3600 * 1000)]
+    #[arg(long, default_value_t = 3600 * 1000)]
     ledger_retention_ms: u64,
     /// Width of one ledger bucket (a set of event ids by deadline, expiring `retention` after
     /// the bucket ends), ms. With a short retention, a short bucket makes the ledger forget soon.
@@ -175,6 +175,12 @@ enum Cmd {
         /// Entries per read in the throughput run (overrides --batch there).
         #[arg(long, default_value_t = 16)]
         bench_batch: usize,
+        /// Tracked short-TTL keys in the deadline-precision runs.
+        #[arg(long, default_value_t = 10_000)]
+        precision_keys: u64,
+        /// Long-lived (one hour) keys beside them.
+        #[arg(long, default_value_t = 1_000_000)]
+        background_keys: u64,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -332,27 +338,59 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("consume: {} consumer(s), handler {handler}", consumers.consumers);
             r.until_signal().await?;
         }
-        Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, report } => {
+        Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, precision_keys, background_keys, report } => {
             let (server, url) = provision(&common).await?;
+            let desc = server_desc(&server, &url);
             let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
-            eprintln!("bench 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
+            eprintln!("bench (a) 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
             let own = bench::redis_expire_notify(&url, keys, ttl_ms).await?;
             let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
-            eprintln!("bench 2/2: the pipeline, {keys} keys, no pacing, no work");
+            eprintln!("bench (a) 2/2: the pipeline, {keys} keys, no pacing, no work, reads of {bench_batch}");
             consumers.work_ms = 0;
-            consumers.batch = bench_batch.max(1);
+            let mut throughput = consumers.clone();
+            throughput.batch = bench_batch.max(1);
             let store = Store::connect(&url, &common.ns, &common.group).await?;
-            let mut cfg = run_config(&consumers, 1, 1, 120);
+            let mut cfg = run_config(&throughput, 1, 1, 120);
             cfg.workload = WorkloadConfig { keys, ttl_ms, delay_us: 0, ..WorkloadConfig::default() };
-            let r = run::run(&store, &cfg, &server_desc(&server, &url)).await?;
+            let r = run::run(&store, &cfg, &desc).await?;
             println!("{}", r.summary());
             let ratio = r.rate_keys_per_s / own.rate_keys_per_s.max(1e-9);
             println!(
-                "redis expire+notify: {:.0} keys/s ({} of {} notifications in {:.2} s)\npipeline end-to-end: {:.0} keys/s\nratio pipeline/redis: {:.2}",
+                "(a) redis expire+notify: {:.0} keys/s ({} of {} notifications in {:.2} s); pipeline end-to-end: {:.0} keys/s; ratio pipeline/redis: {:.2}",
                 own.rate_keys_per_s, own.received, own.keys, own.elapsed_s, r.rate_keys_per_s, ratio
             );
+            let mut precision = vec![];
+            for sweepers in [1usize, 0] {
+                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
+                eprintln!("bench (b): {precision_keys} tracked keys (TTL 1 s) among {background_keys} one-hour keys, {sweepers} sweeper(s)");
+                bench::load_background(&url, background_keys).await?;
+                let mut cfg = run_config(&consumers, 1, sweepers, 30);
+                cfg.workload =
+                    WorkloadConfig { keys: precision_keys, ttl_ms: 1000, delay_us: 100, ..WorkloadConfig::default() };
+                let p = run::run(&store, &cfg, &desc).await?;
+                println!(
+                    "(b) {}: captured {} of {} within the window; deadline->capture p50 {} p99 {} max {} ms; deadline->effect p50 {} p99 {} max {} ms",
+                    if sweepers > 0 { "with the sweeper" } else { "notifications alone" },
+                    p.oracle.effected, p.oracle.created,
+                    p.deadline_to_capture_ms.p50, p.deadline_to_capture_ms.p99, p.deadline_to_capture_ms.max,
+                    p.deadline_to_effect_ms.p50, p.deadline_to_effect_ms.p99, p.deadline_to_effect_ms.max
+                );
+                precision.push(serde_json::json!({
+                    "sweepers": sweepers, "created": p.oracle.created, "effected": p.oracle.effected,
+                    "deadline_to_capture_ms": p.deadline_to_capture_ms, "deadline_to_effect_ms": p.deadline_to_effect_ms,
+                    "captured": p.captured,
+                }));
+            }
+            eprintln!("bench (c): Redis memory per tracked key, in-flight event and ledger id (100,000 each)");
+            let mem = bench::memory(&url, 100_000).await?;
+            let hour_ids = 10_000.0 * (3600.0 + 60.0);
+            println!(
+                "(c) memory: tracked key {:.0} B, stream entry {:.0} B, pending entry {:.0} B, ledger id {:.0} B (the default 1 h retention at 10,000 events/s: {:.1} GiB)",
+                mem.per_tracked_key_bytes, mem.per_stream_entry_bytes, mem.per_pending_entry_bytes, mem.per_ledger_id_bytes,
+                hour_ids * mem.per_ledger_id_bytes / 1073741824.0
+            );
             if let Some(p) = report {
-                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": r, "ratio": ratio });
+                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": r, "ratio": ratio, "precision": precision, "memory": mem });
                 write_json(&p, &v)?;
             }
             if let Some(s) = server {

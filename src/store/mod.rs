@@ -152,7 +152,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             bucket: Duration::from_secs(60),
-            retention: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(3600),
             safety: Safety::from_env(),
         }
     }
