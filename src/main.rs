@@ -62,8 +62,9 @@ struct Consumers {
     /// Simulated work per key, ms.
     #[arg(long, default_value_t = 5)]
     work_ms: u64,
-    /// Entries per read (1: one key at a time, the lowest latency and the most even spread).
-    #[arg(long, default_value_t = 1)]
+    /// Most entries per read: reads take one key while the consumer keeps up and grow toward
+    /// this only under a backlog (1: always one).
+    #[arg(long, default_value_t = 16)]
     batch: usize,
     /// Handlers running at once per consumer.
     #[arg(long, default_value_t = 1)]

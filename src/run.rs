@@ -142,7 +142,7 @@ impl Default for RunConfig {
             work_ms: 5,
             listeners: 1,
             sweepers: 1,
-            batch: 1,
+            batch: 16,
             concurrency: 1,
             consumer: ConsumerConfig::default(),
             sweeper: SweeperConfig::default(),

@@ -42,7 +42,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Consumer settings.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
-    /// Entries per `XREADGROUP`/`XAUTOCLAIM` and per commit call.
+    /// Most entries per `XREADGROUP`/`XAUTOCLAIM` (reads start at one and grow toward this
+    /// only while they come back full, i.e. under a backlog).
     pub batch: usize,
     /// Handlers running at once within one consumer.
     pub concurrency: usize,
@@ -135,7 +136,15 @@ pub async fn run_consumer(
     mut stop: watch::Receiver<bool>,
     prune: bool,
 ) -> anyhow::Result<()> {
+    // Two dedicated connections: one for the blocking reads (a read is outstanding while a
+    // batch is handled), one for everything else, which must never wait behind a BLOCK.
     let mut conn = store.dedicated().await?;
+    let mut rconn = store.dedicated().await?;
+    let mut ahead: Option<tokio::task::JoinHandle<crate::store::Result<Vec<RawEntry>>>> = None;
+    // Entries per read: one while the consumer keeps up (the lowest latency, the most even
+    // spread), doubling up to `cfg.batch` while reads come back full (a backlog: fewer calls
+    // per entry, and the backlog's latency is what it is anyway), halving as it drains.
+    let mut count = 1usize;
     let mut cursor = "0-0".to_string();
     let mut last_claim = Instant::now();
     let mut last_prune = Instant::now();
@@ -166,9 +175,18 @@ pub async fn run_consumer(
                 }
             }
         } else {
-            match store.read_new(&mut conn, &name, cfg.batch, cfg.block).await {
+            let read = match ahead.take() {
+                Some(h) => h.await.unwrap_or_else(|e| {
+                    Err(crate::store::StoreError::Reply { what: "read-ahead task", reply: e.to_string() })
+                }),
+                None => store.read_new(&mut rconn, &name, count, cfg.block).await,
+            };
+            match read {
                 // Entries read with `>` are on their first delivery.
-                Ok(entries) => entries.into_iter().map(|entry| Work { entry, token: 1 }).collect(),
+                Ok(entries) => {
+                    count = if entries.len() >= count { (count * 2).min(cfg.batch.max(1)) } else { (count / 2).max(1) };
+                    entries.into_iter().map(|entry| Work { entry, token: 1 }).collect()
+                }
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     if !e.to_string().contains("NOGROUP") {
@@ -177,9 +195,9 @@ pub async fn run_consumer(
                         let _ = store.ensure_group().await;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    // The connection may be dead (CLIENT KILL, restart): make a new one.
-                    if let Ok(c) = store.dedicated().await {
-                        conn = c;
+                    // The connections may be dead (CLIENT KILL, restart): make new ones.
+                    if let (Ok(c), Ok(r)) = (store.dedicated().await, store.dedicated().await) {
+                        (conn, rconn) = (c, r);
                     }
                     continue;
                 }
@@ -187,6 +205,14 @@ pub async fn run_consumer(
         };
         if work.is_empty() {
             continue;
+        }
+        if !*stop.borrow() {
+            // Read the next entry while this batch is handled: the read's round trip leaves the
+            // per-entry cycle. Redis serves blocked readers first come, first served, so a
+            // consumer that is idle (blocked earlier) still gets a new entry before this one.
+            let (s, mut c, n, b) = (store.clone(), rconn.clone(), name.clone(), count);
+            let block = cfg.block;
+            ahead = Some(tokio::spawn(async move { s.read_new(&mut c, &n, b, block).await }));
         }
         crate::fault::point("consume::after_read").await;
         let finished = process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
@@ -200,6 +226,15 @@ pub async fn run_consumer(
     }
     if let Some(prev) = committing.take() {
         settle(&name, prev, &stats).await;
+    }
+    // A read still outstanding at shutdown: hand back whatever it delivered.
+    if let Some(h) = ahead.take() {
+        if let Ok(Ok(entries)) = h.await {
+            let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+            if let Ok(n) = store.release(&mut conn, &name, &ids, cfg.claim_idle * 10).await {
+                stats.released.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
     Ok(())
 }
@@ -232,8 +267,10 @@ impl Committer {
     pub fn spawn(store: Store, ledger: LedgerConfig, max_entries: usize) -> Committer {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitRequest>();
         tokio::spawn(async move {
-            let mut conn = store.conn.clone();
+            // A few calls in flight at once: a slow call does not hold up the next batch.
+            let slots = Arc::new(tokio::sync::Semaphore::new(4));
             while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 let mut reqs = vec![first];
                 let mut n = reqs[0].items.len();
                 while n < max_entries {
@@ -245,40 +282,45 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                let items: Vec<(&str, CommitItem<'_>)> = reqs
-                    .iter()
-                    .flat_map(|r| {
-                        r.items.iter().map(|h| {
-                            let item = CommitItem {
-                                entry_id: &h.entry_id,
-                                token: h.token,
-                                event: &h.event,
-                                effects: &h.effects,
-                            };
-                            (r.consumer.as_str(), item)
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let mut conn = store.conn.clone();
+                    let items: Vec<(&str, CommitItem<'_>)> = reqs
+                        .iter()
+                        .flat_map(|r| {
+                            r.items.iter().map(|h| {
+                                let item = CommitItem {
+                                    entry_id: &h.entry_id,
+                                    token: h.token,
+                                    event: &h.event,
+                                    effects: &h.effects,
+                                };
+                                (r.consumer.as_str(), item)
+                            })
                         })
-                    })
-                    .collect();
-                let refs: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|(c, i)| (*c, i)).collect();
-                let result = store.commit_many(&mut conn, ledger, &refs).await;
-                drop(refs);
-                drop(items);
-                match result {
-                    Ok(outcomes) => {
-                        let mut rest = outcomes.as_slice();
-                        for r in reqs {
-                            let (mine, tail) = rest.split_at(r.items.len().min(rest.len()));
-                            rest = tail;
-                            let _ = r.reply.send(Ok(mine.to_vec()));
+                        .collect();
+                    let refs: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|(c, i)| (*c, i)).collect();
+                    let result = store.commit_many(&mut conn, ledger, &refs).await;
+                    drop(refs);
+                    drop(items);
+                    match result {
+                        Ok(outcomes) => {
+                            let mut rest = outcomes.as_slice();
+                            for r in reqs {
+                                let (mine, tail) = rest.split_at(r.items.len().min(rest.len()));
+                                rest = tail;
+                                let _ = r.reply.send(Ok(mine.to_vec()));
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            for r in reqs {
+                                let _ = r.reply.send(Err(msg.clone()));
+                            }
                         }
                     }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        for r in reqs {
-                            let _ = r.reply.send(Err(msg.clone()));
-                        }
-                    }
-                }
+                });
             }
         });
         Committer { tx }

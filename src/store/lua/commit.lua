@@ -38,6 +38,7 @@ end
 
 local out = {}
 local expiring = {}
+local done = {}
 for i, e in ipairs(entries) do
   if fence and not owns(stream, group, e.id, e.consumer, e.token) then
     out[i] = 3
@@ -58,9 +59,13 @@ for i, e in ipairs(entries) do
       out[i] = 1
       count('committed')
     end
-    redis.call('XACK', stream, group, e.id)
-    redis.call('XDEL', stream, e.id)
+    done[#done + 1] = e.id
   end
+end
+if #done > 0 then
+  -- One XACK and one XDEL for the whole batch.
+  redis.call('XACK', stream, group, unpack(done))
+  redis.call('XDEL', stream, unpack(done))
 end
 flush_counts(stats)
 return out
