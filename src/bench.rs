@@ -7,6 +7,13 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{PushKind, Value};
 use serde::Serialize;
 
+/// A connection with no response timeout: FLUSHALL of a million keys and big pipelines take
+/// longer than redis-rs's 500 ms default.
+pub async fn conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    Ok(redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&cfg).await?)
+}
+
 /// How fast the server itself turns SET-with-TTL keys into `expired` notifications.
 #[derive(Clone, Debug, Serialize)]
 pub struct NotifyRate {
@@ -22,7 +29,7 @@ pub struct NotifyRate {
 /// first write to last event.
 pub async fn redis_expire_notify(url: &str, keys: u64, ttl_ms: u64) -> anyhow::Result<NotifyRate> {
     let client = redis::Client::open(url)?;
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut c = conn(url).await?;
     let _: () = redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg("Ex").query_async(&mut c).await?;
     let info = client.get_connection_info().clone();
     let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
@@ -81,7 +88,7 @@ async fn memory_usage(c: &mut redis::aio::MultiplexedConnection, key: &str) -> a
 
 /// Loads `n` plain keys with a one-hour TTL under `{bench}:bg:` (Redis's many long-lived keys).
 pub async fn load_background(url: &str, n: u64) -> anyhow::Result<()> {
-    let mut c = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut c = conn(url).await?;
     let mut i = 0u64;
     while i < n {
         let mut p = redis::pipe();
@@ -112,7 +119,7 @@ pub struct Memory {
 /// Measures [`Memory`] on namespace `ns` of a Redis it may flush.
 pub async fn memory(url: &str, n: u64) -> anyhow::Result<Memory> {
     use crate::store::Store;
-    let mut c = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut c = conn(url).await?;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
     let store = Store::connect(url, "mem", "g").await?;
     store.ensure_group().await?;

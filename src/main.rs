@@ -342,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, precision_keys, background_keys, report } => {
             let (server, url) = provision(&common).await?;
             let desc = server_desc(&server, &url);
-            let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+            let mut c = bench::conn(&url).await?;
             eprintln!("bench (a) 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
             let own = bench::redis_expire_notify(&url, keys, ttl_ms).await?;
             let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
