@@ -95,7 +95,7 @@ fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> S
     let _ = write!(svg, r##"<text x="{}" y="16" text-anchor="end" fill="#444">{unit}</text>"##, w - 10.0);
     for (i, (name, color, pts)) in series.iter().enumerate() {
         svg.push_str(&polyline(pts, x_max, y_max, w, h, color));
-        let lx = 250.0 + 150.0 * i as f64;
+        let lx = 400.0 + 150.0 * i as f64;
         let _ = write!(
             svg,
             r#"<rect x="{lx}" y="7" width="12" height="3" fill="{color}"/><text x="{}" y="13">{name}</text>"#,
