@@ -19,7 +19,7 @@ async fn seed_3m() {
         workload: WorkloadConfig { keys, ttl_ms: 100, delay_us: 100, ..WorkloadConfig::default() },
         consumers: 64,
         work_ms: 5,
-        // One key per read while consumers keep up, up to 16 under a backlog (ADR 007).
+        // One key per read while consumers keep up, up to 16 under a backlog (ADR 006).
         batch: 16,
         concurrency: 1,
         drain_timeout_s: 600,
