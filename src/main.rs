@@ -144,9 +144,11 @@ enum Cmd {
         listeners: usize,
         #[arg(long, default_value_t = 1)]
         sweepers: usize,
-        /// Run the capture step for every expired key of the db, not only the namespace's workload keys.
+        /// Only run the capture step for the namespace's workload keys (`{NS}:k:*`, what `produce`
+        /// writes), as `run` does; by default every expired key of the db is checked against
+        /// the deadline index, so keys tracked under any name are captured.
         #[arg(long)]
-        all_keys: bool,
+        workload_only: bool,
     },
     /// N consumers with a named handler until SIGINT/SIGTERM.
     Consume {
@@ -315,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
             let r = workload::produce(&store, &w, Arc::new(AtomicU64::new(0))).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Cmd::Capture { common, listeners, sweepers, all_keys } => {
+        Cmd::Capture { common, listeners, sweepers, workload_only } => {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
             store.ensure_group().await?;
             match capture::ensure_notifications(&store).await {
@@ -324,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let db = store.client.get_connection_info().redis_settings().db();
             let mut r = Running::default();
-            let prefix = (!all_keys).then(|| store.keys.key_prefix().into_bytes());
+            let prefix = workload_only.then(|| store.keys.key_prefix().into_bytes());
             r.listeners(&store, listeners, db, prefix);
             r.sweepers(&store, sweepers, SweeperConfig::default());
             eprintln!("capture: {listeners} listener(s), {sweepers} sweeper(s) on {}", store.keys.ns);
