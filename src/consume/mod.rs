@@ -105,6 +105,12 @@ pub struct ConsumerStats {
     pub reclaimed: AtomicU64,
     pub released: AtomicU64,
     pub errors: AtomicU64,
+    /// Pending entries XAUTOCLAIM found deleted from the stream (dead-lettered by claim.lua).
+    pub deleted_while_pending: AtomicU64,
+    /// Entries whose effects could not apply (dead-lettered by the commit script).
+    pub effects_refused: AtomicU64,
+    /// Entries an effect failed for after the pre-flight passed (dead-lettered, loudly).
+    pub partially_applied: AtomicU64,
 }
 
 /// A unique consumer name per incarnation: the fence compares owner names, so a restarted
@@ -161,11 +167,20 @@ pub async fn run_consumer(
                 last_prune = Instant::now();
                 let _ = store.prune_consumers(cfg.prune_idle).await;
             }
-            match store.autoclaim(&mut conn, &name, cfg.claim_idle, &cursor, cfg.batch).await {
-                Ok((next, entries)) => {
-                    cursor = next;
-                    stats.reclaimed.fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    entries.into_iter().map(|(entry, token)| Work { entry, token }).collect()
+            match store.reclaim(&mut conn, &name, cfg.claim_idle, &cursor, cfg.batch).await {
+                Ok(claimed) => {
+                    cursor = claimed.next;
+                    stats.reclaimed.fetch_add(claimed.entries.len() as u64, Ordering::Relaxed);
+                    if !claimed.deleted.is_empty() {
+                        // Already in the dead-letter stream (claim.lua); say so where people look.
+                        stats.deleted_while_pending.fetch_add(claimed.deleted.len() as u64, Ordering::Relaxed);
+                        eprintln!(
+                            "{name}: {} pending entries were deleted from the stream by another program (dead-lettered): {}",
+                            claimed.deleted.len(),
+                            claimed.deleted.join(" ")
+                        );
+                    }
+                    claimed.entries.into_iter().map(|(entry, token)| Work { entry, token }).collect()
                 }
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -342,12 +357,20 @@ async fn settle(name: &str, rx: oneshot::Receiver<Result<Vec<CommitOutcome>, Str
     match result {
         Ok(outcomes) => {
             for o in outcomes {
-                let c = match o {
+                let c = match &o {
                     CommitOutcome::Committed => &stats.committed,
                     CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
                     CommitOutcome::NotOwner => &stats.fenced,
+                    CommitOutcome::EffectsRefused(_) => &stats.effects_refused,
+                    CommitOutcome::PartiallyApplied(reason) => {
+                        eprintln!("{name}: an entry was PARTIALLY APPLIED and dead-lettered: {reason}");
+                        &stats.partially_applied
+                    }
                 };
                 c.fetch_add(1, Ordering::Relaxed);
+                if o.dead_lettered() {
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         // Not committed: the entries stay pending and are reclaimed after `claim_idle`;

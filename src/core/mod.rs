@@ -198,7 +198,7 @@ pub fn encode_entry(ev: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// What the commit script decided for one entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// Ledger recorded, effects applied, entry acked and deleted.
     Committed,
@@ -206,9 +206,17 @@ pub enum CommitOutcome {
     AlreadyApplied,
     /// The fence refused: another consumer owns the entry now, or it was redelivered.
     NotOwner,
+    /// Its effects could not all apply (Redis's error is in the reason): nothing of the entry
+    /// was written, no ledger id; it was moved to the dead-letter stream with the reason.
+    EffectsRefused(String),
+    /// An effect failed although the pre-flight passed (a case it does not cover; see ADR 008):
+    /// the earlier effects stay written (Redis cannot roll back), the id stays in the ledger so
+    /// nothing is applied twice, and it was dead-lettered as partially applied.
+    PartiallyApplied(String),
 }
 
 impl CommitOutcome {
+    /// The script's code for outcomes without a reason (1, 2, 3).
     pub fn from_code(c: i64) -> Option<CommitOutcome> {
         match c {
             1 => Some(CommitOutcome::Committed),
@@ -217,7 +225,24 @@ impl CommitOutcome {
             _ => None,
         }
     }
+    /// The script's code with a reason (4, 5).
+    pub fn from_code_reason(c: i64, reason: String) -> Option<CommitOutcome> {
+        match c {
+            4 => Some(CommitOutcome::EffectsRefused(reason)),
+            5 => Some(CommitOutcome::PartiallyApplied(reason)),
+            _ => None,
+        }
+    }
+    /// The entry left the stream for the dead-letter stream.
+    pub fn dead_lettered(&self) -> bool {
+        matches!(self, CommitOutcome::EffectsRefused(_) | CommitOutcome::PartiallyApplied(_))
+    }
 }
+
+/// The dead-letter reason of a pending entry that the stream no longer holds (`claim.lua`
+/// writes it; the oracle and `check` count by it).
+pub const DELETED_WHILE_PENDING: &str =
+    "deleted from the stream while pending (XDEL, XTRIM or MAXLEN by another program); its content is gone";
 
 /// Exponential backoff with full jitter: `attempt` 1 waits up to `base`, each further
 /// attempt doubles the ceiling up to `max`. `unit` is a uniform draw from [0, 1) supplied by
@@ -264,17 +289,170 @@ impl Effect {
 }
 
 impl Effect {
-    /// Why this effect cannot be committed, if it cannot.
+    /// Why this effect cannot be committed, if its syntax already says so: the command is not
+    /// allowed, or its arity, options or arguments are wrong. The words are Redis's (the
+    /// pre-flight in `store/lua/effects.lua` checks the same rules, then key types and values,
+    /// against the server's state). Keep the two in step.
     pub fn check(&self) -> Result<(), String> {
-        let Some(cmd) = self.args.first() else { return Err("empty effect".into()) };
+        match self.syntax_error() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn syntax_error(&self) -> Option<String> {
+        const NOT_INT: &str = "ERR value is not an integer or out of range";
+        const NOT_FLOAT: &str = "ERR value is not a valid float";
+        let a = &self.args;
+        let Some(cmd) = a.first() else { return Some("empty effect".into()) };
         let name = String::from_utf8_lossy(cmd).to_ascii_uppercase();
+        let n = a.len();
+        let arity = || Some(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
         if !EFFECT_COMMANDS.contains(&name.as_str()) {
-            return Err(format!("effect command not allowed: {}", show(cmd)));
+            return Some(format!("ERR effect command not allowed: {}", show(cmd)));
         }
-        if self.args.len() < 2 {
-            return Err(format!("effect {name} names no key"));
+        if n < 2 {
+            return arity();
         }
-        Ok(())
+        let too_far = |v: i64, mult: i64| v.unsigned_abs().saturating_mul(mult as u64) > MAX_EXPIRE_MS as u64;
+        match name.as_str() {
+            "SET" => {
+                if n < 3 {
+                    return arity();
+                }
+                let (mut nx, mut xx, mut ttl) = (false, false, false);
+                let mut i = 3;
+                while i < n {
+                    let o = String::from_utf8_lossy(&a[i]).to_ascii_uppercase();
+                    match o.as_str() {
+                        "NX" if !xx => nx = true,
+                        "XX" if !nx => xx = true,
+                        "EX" | "PX" if !ttl && i + 1 < n => {
+                            let Some(v) = strict_i64(&a[i + 1]) else { return Some(NOT_INT.into()) };
+                            if v <= 0 || too_far(v, if o == "EX" { 1000 } else { 1 }) {
+                                return Some("ERR invalid expire time in 'set' command".into());
+                            }
+                            ttl = true;
+                            i += 1;
+                        }
+                        "KEEPTTL" if !ttl => ttl = true,
+                        _ => return Some("ERR syntax error".into()),
+                    }
+                    i += 1;
+                }
+            }
+            "DEL" => {}
+            "PEXPIRE" | "EXPIRE" => {
+                if n != 3 {
+                    return if n < 3 { arity() } else { Some("ERR syntax error".into()) };
+                }
+                let Some(v) = strict_i64(&a[2]) else { return Some(NOT_INT.into()) };
+                if too_far(v, if name == "EXPIRE" { 1000 } else { 1 }) {
+                    return Some(format!("ERR invalid expire time in '{}' command", name.to_ascii_lowercase()));
+                }
+            }
+            "INCR" if n != 2 => return arity(),
+            "INCRBY" | "HINCRBY" | "ZINCRBY" => {
+                let want = if name == "INCRBY" { 3 } else { 4 };
+                if n != want {
+                    return arity();
+                }
+                if name == "ZINCRBY" {
+                    if float_syntax(&a[2]).is_none() {
+                        return Some(NOT_FLOAT.into());
+                    }
+                } else if strict_i64(&a[want - 1]).is_none() {
+                    return Some(NOT_INT.into());
+                }
+            }
+            "HSET" if n < 4 || (n - 2) % 2 != 0 => return arity(),
+            "HDEL" | "RPUSH" | "LPUSH" | "SADD" | "SREM" if n < 3 => return arity(),
+            "ZADD" => {
+                if n < 4 {
+                    return arity();
+                }
+                if float_syntax(&a[2]).is_none() && !a[2].is_empty() && a[2].iter().all(u8::is_ascii_alphabetic) {
+                    return Some(format!("ERR effect option not supported: ZADD {}", show(&a[2])));
+                }
+                if (n - 2) % 2 != 0 {
+                    return Some("ERR syntax error".into());
+                }
+                if a[2..].iter().step_by(2).any(|s| float_syntax(s).is_none()) {
+                    return Some(NOT_FLOAT.into());
+                }
+            }
+            "XADD" => {
+                if n < 5 {
+                    return arity();
+                }
+                if a[2] != b"*" {
+                    return Some(format!(
+                        "ERR effect option not supported: XADD {} (effects add with '*')",
+                        show(&a[2])
+                    ));
+                }
+                if (n - 3) % 2 != 0 {
+                    return arity();
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Expire times in effects beyond this many ms are refused (about 139 years; Redis itself
+/// overflows somewhat later). Same bound as `effects.lua`.
+pub const MAX_EXPIRE_MS: i64 = 1 << 42;
+
+/// An integer in Redis's strict syntax (its `string2ll`): optional `-`, digits, no `+`, no
+/// leading zeros, no spaces, within i64.
+pub fn strict_i64(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    if digits.is_empty() || b.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if (digits.len() > 1 && digits[0] == b'0') || b == b"-0" {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// A score as `effects.lua` accepts it: decimal with optional fraction and exponent, or
+/// `inf`, `+inf`, `-inf` (no hex, no `nan`).
+pub fn float_syntax(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    match s.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" => return Some(f64::INFINITY),
+        "-inf" => return Some(f64::NEG_INFINITY),
+        _ => {}
+    }
+    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = match mantissa.find('.') {
+        Some(i) => (&mantissa[..i], Some(&mantissa[i + 1..])),
+        None => (mantissa, None),
+    };
+    let digits = |x: &str| x.bytes().all(|c| c.is_ascii_digit());
+    let ok_mantissa = match frac {
+        None => !int.is_empty() && digits(int),
+        Some(f) => digits(int) && digits(f) && !(int.is_empty() && f.is_empty()) && (!int.is_empty() || !f.is_empty()),
+    };
+    let ok_mantissa = ok_mantissa && !(frac == Some("") && int.is_empty());
+    let ok_exp = match exp {
+        None => true,
+        Some(e) => {
+            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+            !e.is_empty() && digits(e)
+        }
+    };
+    if ok_mantissa && ok_exp {
+        s.parse().ok()
+    } else {
+        None
     }
 }
 

@@ -127,6 +127,9 @@ impl Value {
     }
 }
 
+/// Keys' entries as they were (see [`Model::snapshot`]).
+pub struct Snapshot(Vec<(Vec<u8>, Option<Entry>)>);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     value: Value,
@@ -217,6 +220,34 @@ impl Model {
             self.expires.remove(&(at, key.to_vec()));
         }
         Some(e)
+    }
+
+    /// The entries of `keys` as they are now (after lazy expiry), for [`Model::restore`]. The
+    /// model's stand-in for `effects.lua`'s pre-flight: it applies a commit entry's effects
+    /// and puts the keys back when one fails, so "nothing of the entry is written" holds here
+    /// exactly, and the differential tests hold the Lua pre-flight to it.
+    pub fn snapshot(&mut self, keys: &[Vec<u8>]) -> Snapshot {
+        Snapshot(
+            keys.iter()
+                .map(|k| {
+                    self.expire_if_needed(k);
+                    (k.clone(), self.db.get(k).cloned())
+                })
+                .collect(),
+        )
+    }
+
+    /// Puts back what [`Model::snapshot`] took.
+    pub fn restore(&mut self, snap: Snapshot) {
+        // In reverse, so a key named twice ends as its first (oldest) copy.
+        for (k, e) in snap.0.into_iter().rev() {
+            self.remove_entry(&k);
+            if let Some(e) = e {
+                let at = e.expire_at;
+                self.db.insert(k.clone(), Entry { expire_at: None, ..e });
+                self.set_expire(&k, at);
+            }
+        }
     }
 
     /// Lazy expiry, run on every access: deletes the key and publishes `expired` when its

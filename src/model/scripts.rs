@@ -19,15 +19,19 @@ pub mod capture_code {
     pub const DELETED: u8 = 4;
 }
 
-/// The effect commands `commit.lua` allows.
-pub use crate::core::EFFECT_COMMANDS as ALLOWED_EFFECTS;
-
 /// One namespace of the model, with the same operations as [`crate::store::Store`].
 #[derive(Clone, Debug)]
 pub struct ModelStore {
     pub model: Model,
     pub keys: Keys,
     pub group: String,
+}
+
+/// The pre-flight's words for a failing effect (as `effects.lua`'s `preflight`).
+fn describe(i: usize, n: usize, e: &crate::core::Effect, err: &str) -> String {
+    let name = String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b"")).to_ascii_uppercase();
+    let key = e.args.get(1).map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+    format!("effect {} of {n} ({name} {key}): {err}", i + 1)
 }
 
 fn script_err(what: &'static str, e: String) -> StoreError {
@@ -214,9 +218,21 @@ impl ModelStore {
         let (now, group) = (self.model.now(), self.group.clone());
         let start = StreamId::parse(cursor).ok_or_else(|| script_err("XAUTOCLAIM", format!("bad cursor {cursor}")))?;
         let s = self.stream_mut();
-        let (next, claimed, _deleted) = s
+        let (next, claimed, deleted) = s
             .autoclaim(&group, consumer, min_idle.as_millis() as i64, start, count, now)
             .map_err(|e| script_err("XAUTOCLAIM", e))?;
+        // As claim.lua: every pending entry the stream lost is dead-lettered and counted.
+        for id in &deleted {
+            let rec: Fields = vec![
+                (b"reason".to_vec(), crate::core::DELETED_WHILE_PENDING.as_bytes().to_vec()),
+                (b"entry".to_vec(), id.to_string().into_bytes()),
+                (b"claimer".to_vec(), consumer.as_bytes().to_vec()),
+            ];
+            let dead = self.keys.dead.clone();
+            self.model.xadd(dead.as_bytes(), rec).expect("dead-letter stream is a stream");
+            self.hincr("deleted_while_pending");
+        }
+        let s = self.stream_mut();
         if claimed.is_empty() {
             return Ok((next.to_string(), vec![]));
         }
@@ -247,34 +263,32 @@ impl ModelStore {
     }
 
     /// `commit.lua`: the fenced, ledgered, atomic commit of a batch, honouring
-    /// `ledger.safety` exactly as the script honours its `safety` argument. A refused effect
-    /// command refuses the whole batch before anything is written (as commit.lua does).
+    /// `ledger.safety` exactly as the script honours its `safety` argument. An entry whose
+    /// effects cannot all apply writes nothing and is dead-lettered with the error (the model
+    /// applies and rolls back; the script checks before writing); the others still commit.
     pub fn commit(
         &mut self,
         consumer: &str,
         ledger: LedgerConfig,
         items: &[CommitItem<'_>],
     ) -> crate::store::Result<Vec<CommitOutcome>> {
+        let items: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|i| (consumer, i)).collect();
+        self.commit_many(ledger, &items)
+    }
+
+    /// `commit.lua` for entries of several consumers (group commit), each fenced on its own.
+    pub fn commit_many(
+        &mut self,
+        ledger: LedgerConfig,
+        items: &[(&str, &CommitItem<'_>)],
+    ) -> crate::store::Result<Vec<CommitOutcome>> {
         let bucket_ms = (ledger.bucket.as_millis() as i64).max(1);
         let retention = ledger.retention.as_millis() as i64;
-        // As commit.lua: every effect is validated before anything is written.
-        for it in items {
-            for e in it.effects {
-                let name =
-                    String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b"")).to_ascii_uppercase();
-                if !ALLOWED_EFFECTS.contains(&name.as_str()) {
-                    return Err(script_err(
-                        "commit",
-                        format!(
-                            "effect command not allowed: {}",
-                            String::from_utf8_lossy(e.args.first().map(|a| a.as_slice()).unwrap_or(b""))
-                        ),
-                    ));
-                }
-            }
-        }
+        let now = self.model.now();
         let mut out = vec![];
-        for it in items {
+        let mut extended = std::collections::BTreeSet::new();
+        let mut done = vec![];
+        for (consumer, it) in items {
             let token = it.token.to_string();
             if ledger.safety.fence && !self.owns(it.entry_id, consumer, &token) {
                 out.push(CommitOutcome::NotOwner);
@@ -284,20 +298,79 @@ impl ModelStore {
             let bucket = it.event.deadline_ms.div_euclid(bucket_ms);
             let lk = format!("{}{}", self.keys.ledger_prefix, bucket).into_bytes();
             let eid = it.event.event_id.as_bytes();
-            if ledger.safety.ledger && !self.model.sadd(&lk, eid).map_err(|e| script_err("commit", e))? {
+            if ledger.safety.ledger && self.model.sismember(&lk, eid).map_err(|e| script_err("commit", e))? {
                 out.push(CommitOutcome::AlreadyApplied);
                 self.hincr("duplicates_suppressed");
-            } else {
-                self.model.pexpireat(&lk, (bucket + 1) * bucket_ms + retention);
-                for e in it.effects {
-                    self.model.call(&e.args).map_err(|err| script_err("commit", err))?;
-                }
-                out.push(CommitOutcome::Committed);
-                self.hincr("committed");
+                done.push(it.entry_id.to_string());
+                continue;
             }
-            self.ack_and_delete(it.entry_id);
+            if let Some(err) = self.apply_all_or_nothing(it.effects) {
+                let reason = format!("effects cannot apply, nothing was written: {err}");
+                self.to_dead(it.entry_id, it.token, consumer, &reason);
+                out.push(CommitOutcome::EffectsRefused(reason));
+                self.hincr("effects_refused");
+                self.hincr("dead_lettered");
+                done.push(it.entry_id.to_string());
+                continue;
+            }
+            if ledger.safety.ledger {
+                // The effects went first here (the model can roll back); the script adds the id
+                // first. Nothing else runs in between, so the state after the call is the same.
+                self.model.sadd(&lk, eid).map_err(|e| script_err("commit", e))?;
+                if extended.insert(lk.clone()) {
+                    let want = ((bucket + 1) * bucket_ms + retention).max(now + retention);
+                    if self.model.pexpiretime(&lk) < want {
+                        self.model.pexpireat(&lk, want);
+                    }
+                }
+            }
+            out.push(CommitOutcome::Committed);
+            self.hincr("committed");
+            done.push(it.entry_id.to_string());
+        }
+        for id in done {
+            self.ack_and_delete(&id);
         }
         Ok(out)
+    }
+
+    /// Applies `effects` in order; on the first error puts every key they name back as it was
+    /// and returns `effect i of n (CMD key): <error>`, the words `effects.lua` uses.
+    fn apply_all_or_nothing(&mut self, effects: &[crate::core::Effect]) -> Option<String> {
+        for (i, e) in effects.iter().enumerate() {
+            if let Err(err) = e.check() {
+                return Some(describe(i, effects.len(), e, &err));
+            }
+        }
+        let mut keys: Vec<Vec<u8>> = vec![];
+        for e in effects {
+            let name = String::from_utf8_lossy(&e.args[0]).to_ascii_uppercase();
+            let named: &[Vec<u8>] = if name == "DEL" { &e.args[1..] } else { &e.args[1..2] };
+            keys.extend(named.iter().cloned());
+        }
+        let snap = self.model.snapshot(&keys);
+        for (i, e) in effects.iter().enumerate() {
+            if let Err(err) = self.model.call(&e.args) {
+                self.model.restore(snap);
+                return Some(describe(i, effects.len(), e, &err));
+            }
+        }
+        None
+    }
+
+    /// `common.lua`'s `to_dead`: the entry, its fields prefixed `f:`, and why.
+    fn to_dead(&mut self, entry_id: &str, token: u64, consumer: &str, reason: &str) {
+        let Some(sid) = StreamId::parse(entry_id) else { return };
+        let fields = self.stream_mut().get(sid).cloned().unwrap_or_default();
+        let mut rec: Fields = vec![
+            (b"reason".to_vec(), reason.as_bytes().to_vec()),
+            (b"entry".to_vec(), entry_id.as_bytes().to_vec()),
+            (b"deliveries".to_vec(), token.to_string().into_bytes()),
+            (b"consumer".to_vec(), consumer.as_bytes().to_vec()),
+        ];
+        rec.extend(fields.into_iter().map(|(k, v)| ([b"f:".as_slice(), &k].concat(), v)));
+        let dead = self.keys.dead.clone();
+        self.model.xadd(dead.as_bytes(), rec).expect("dead-letter stream is a stream");
     }
 
     /// `dead_letter.lua`: moves a pending entry this consumer holds to the dead-letter stream.

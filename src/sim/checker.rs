@@ -35,6 +35,22 @@ pub struct Verdict {
     pub duplicate_effects: u64,
     pub unexpected_effects: u64,
     pub dead_lettered: u64,
+    /// Created events with an effect and also a dead-letter entry: a contradiction.
+    pub effected_and_dead_lettered: u64,
+}
+
+/// How many dead letters each legitimate cause can explain: a dead letter whose reason no
+/// injected fault accounts for (or more of a kind than the faults could cause) fails the seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeadLetterCauses {
+    /// Permanent handler errors raised.
+    pub permanent: u64,
+    /// Transient handler errors raised.
+    pub transient: u64,
+    /// Redeliveries (reclaims and retries): the only way past max_deliveries.
+    pub redeliveries: u64,
+    /// Malformed entries injected.
+    pub garbage: u64,
 }
 
 #[derive(Default)]
@@ -48,6 +64,8 @@ pub struct Checker {
     pub violation: Option<String>,
     pub verdict: Verdict,
     pub lost_sample: Vec<String>,
+    /// Set by [`Checker::judge_dead_letters`] when the dead letters exceed their causes.
+    pub illegitimate_dead_letters: Option<String>,
 }
 
 impl Checker {
@@ -137,6 +155,44 @@ impl Checker {
         })
     }
 
+    /// Dead letters are not success: each reason class is bounded by the faults that can cause
+    /// it, and a reason no injected fault explains (effects refused, partially applied, deleted
+    /// while pending, anything unknown) is a failure.
+    pub fn judge_dead_letters(&mut self, store: &mut ModelStore, causes: DeadLetterCauses) {
+        let dead_key = store.keys.dead.clone();
+        let (mut refused, mut failed, mut exceeded, mut malformed) = (0u64, 0u64, 0u64, 0u64);
+        for e in store.range(&dead_key) {
+            let reason =
+                e.fields.iter().find(|(k, _)| k == b"reason").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            let reason = reason.unwrap_or_default();
+            if reason.starts_with("handler refused: ") {
+                refused += 1;
+            } else if reason.starts_with("handler failed ") {
+                failed += 1;
+            } else if reason.starts_with("delivered ") && reason.contains("more than max_deliveries") {
+                exceeded += 1;
+            } else if reason.starts_with("malformed entry: ") {
+                malformed += 1;
+            } else {
+                self.illegitimate_dead_letters = Some(format!("dead letter with no injected cause: {reason:?}"));
+                return;
+            }
+        }
+        let checks = [
+            ("handler refused", refused, causes.permanent),
+            ("handler failed", failed, causes.transient),
+            ("past max_deliveries", exceeded, causes.redeliveries),
+            ("malformed", malformed, causes.garbage),
+        ];
+        for (what, n, bound) in checks {
+            if n > bound {
+                self.illegitimate_dead_letters =
+                    Some(format!("{n} dead letters \"{what}\" but the faults injected can explain only {bound}"));
+                return;
+            }
+        }
+    }
+
     /// The final comparison: created vs effected, dead letters read from the model.
     pub fn finish(&mut self, store: &mut ModelStore) {
         let dead_key = store.keys.dead.clone();
@@ -157,6 +213,9 @@ impl Checker {
         for (id, c) in &self.created {
             let n = self.counts.get(id).copied().unwrap_or(0);
             if n > 0 {
+                if dead.contains(id) {
+                    v.effected_and_dead_lettered += 1;
+                }
                 continue;
             }
             if dead.contains(id) {

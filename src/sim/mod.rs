@@ -115,6 +115,15 @@ pub fn run_seed(seed: u64, safety: Safety, trace: bool) -> Report {
         Some(format!("safety: {} duplicate effects", v.duplicate_effects))
     } else if v.unexpected_effects > 0 {
         Some(format!("safety: {} effects of events never created", v.unexpected_effects))
+    } else if v.effected_and_dead_lettered > 0 {
+        Some(format!("safety: {} events both effected and dead-lettered", v.effected_and_dead_lettered))
+    } else if out.counts.effects_refused > 0 {
+        Some(format!(
+            "safety: {} commits refused effects the handler was allowed to return",
+            out.counts.effects_refused
+        ))
+    } else if let Some(why) = &out.checker.illegitimate_dead_letters {
+        Some(format!("safety: {why}"))
     } else if !out.drained {
         Some("liveness: did not drain after faults stopped".into())
     } else if v.lost > 0 {

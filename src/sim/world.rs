@@ -58,6 +58,9 @@ pub struct Counts {
     pub committed: u64,
     pub already_applied: u64,
     pub not_owner: u64,
+    /// Commits the script refused for their effects (the simulated handler's always apply, so
+    /// any is a failure).
+    pub effects_refused: u64,
     pub dead_letter_calls: u64,
     pub retries: u64,
     pub reclaimed: u64,
@@ -281,6 +284,13 @@ impl World {
             }
         }
         self.checker.finish(&mut self.store);
+        let causes = super::checker::DeadLetterCauses {
+            permanent: self.counts.handler_permanent,
+            transient: self.counts.handler_transient,
+            redeliveries: self.counts.reclaimed + self.counts.retries,
+            garbage: self.counts.garbage,
+        };
+        self.checker.judge_dead_letters(&mut self.store, causes);
         let log_hash = self.log.finish();
         Outcome {
             counts: self.counts,
@@ -855,6 +865,12 @@ impl World {
                         CommitOutcome::NotOwner => {
                             self.counts.not_owner += 1;
                             'F'
+                        }
+                        // The simulated handler's effects always apply; a refusal here is a
+                        // defect of the model or the commit, and the checker must see it.
+                        CommitOutcome::EffectsRefused(_) | CommitOutcome::PartiallyApplied(_) => {
+                            self.counts.effects_refused += 1;
+                            'R'
                         }
                     };
                     let _ = write!(codes, "{}#{}:{c} ", w.entry.id, w.token);

@@ -18,8 +18,8 @@ use crate::core::{CommitOutcome, Event};
 pub mod protocol;
 
 macro_rules! script {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("lua/common.lua"), "\n", include_str!(concat!("lua/", $file))))
+    ($($file:literal),+) => {
+        Script::new(concat!(include_str!("lua/common.lua") $(, "\n", include_str!(concat!("lua/", $file)))+))
     };
 }
 
@@ -34,6 +34,7 @@ pub struct Scripts {
     pub release: Script,
     pub prune: Script,
     pub retry: Script,
+    pub claim: Script,
 }
 
 impl Scripts {
@@ -43,11 +44,12 @@ impl Scripts {
             track: script!("track.lua"),
             capture: script!("capture.lua"),
             sweep: script!("sweep.lua"),
-            commit: script!("commit.lua"),
+            commit: script!("effects.lua", "commit.lua"),
             dead_letter: script!("dead_letter.lua"),
             release: script!("release.lua"),
             prune: script!("prune.lua"),
             retry: script!("retry.lua"),
+            claim: script!("claim.lua"),
         }
     }
 }
@@ -118,6 +120,17 @@ pub struct CommitItem<'a> {
     pub token: u64,
     pub event: &'a Event,
     pub effects: &'a [crate::core::Effect],
+}
+
+/// Result of one reclaim call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// Cursor for the next call ("0-0" when the scan wrapped).
+    pub next: String,
+    /// Entries now held by the caller, with their delivery counts (fencing tokens).
+    pub entries: Vec<(RawEntry, u64)>,
+    /// Pending entries the stream no longer held, already dead-lettered by the script.
+    pub deleted: Vec<String>,
 }
 
 /// Result of one sweep call.
@@ -332,8 +345,44 @@ impl Store {
         parse_xread(&v)
     }
 
-    /// `XAUTOCLAIM` entries idle longer than `min_idle` to `consumer`. Returns the next cursor
-    /// and the claimed entries with their delivery counts (fencing tokens).
+    /// `XAUTOCLAIM` entries idle longer than `min_idle` to `consumer` (`claim.lua`). Returns
+    /// the next cursor, the claimed entries with their delivery counts (fencing tokens), and
+    /// the ids of pending entries the stream no longer held: the script has already recorded
+    /// each in the dead-letter stream and the `deleted_while_pending` count.
+    pub async fn reclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> Result<Claimed> {
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.key(&self.keys.stream).key(&self.keys.dead).key(&self.keys.stats);
+        inv.arg(&self.group).arg(consumer).arg(min_idle.as_millis() as u64).arg(cursor).arg(count);
+        let v: Value = inv.invoke_async(conn).await?;
+        let items = as_array(&v).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
+        let next = items.first().and_then(as_string).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
+        let entries = match items.get(1) {
+            Some(list) => parse_entries(list)?,
+            None => vec![],
+        };
+        let deleted = match items.get(2).and_then(as_array) {
+            Some(ids) => ids
+                .iter()
+                .map(|i| as_string(i).ok_or_else(|| bad("XAUTOCLAIM deleted ids", i)))
+                .collect::<Result<_>>()?,
+            None => vec![],
+        };
+        if entries.is_empty() {
+            return Ok(Claimed { next, entries: vec![], deleted });
+        }
+        let tokens = self.tokens(conn, consumer, &entries).await?;
+        let out = entries.into_iter().filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t))).collect();
+        Ok(Claimed { next, entries: out, deleted })
+    }
+
+    /// [`Store::reclaim`] without the deleted ids: (next cursor, claimed entries and tokens).
     pub async fn autoclaim(
         &self,
         conn: &mut MultiplexedConnection,
@@ -342,28 +391,8 @@ impl Store {
         cursor: &str,
         count: usize,
     ) -> Result<(String, Vec<(RawEntry, u64)>)> {
-        let v: Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.keys.stream)
-            .arg(&self.group)
-            .arg(consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(conn)
-            .await?;
-        let items = as_array(&v).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
-        let next = items.first().and_then(as_string).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
-        let entries = match items.get(1) {
-            Some(list) => parse_entries(list)?,
-            None => vec![],
-        };
-        if entries.is_empty() {
-            return Ok((next, vec![]));
-        }
-        let tokens = self.tokens(conn, consumer, &entries).await?;
-        let out = entries.into_iter().filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t))).collect();
-        Ok((next, out))
+        let c = self.reclaim(conn, consumer, min_idle, cursor, count).await?;
+        Ok((c.next, c.entries))
     }
 
     /// Delivery counts of entries this consumer holds (one XPENDING over their id range).
@@ -416,7 +445,7 @@ impl Store {
         items: &[(&str, &CommitItem<'_>)],
     ) -> Result<Vec<CommitOutcome>> {
         let mut inv = self.scripts.commit.prepare_invoke();
-        inv.key(&self.keys.stream).key(&self.keys.stats);
+        inv.key(&self.keys.stream).key(&self.keys.stats).key(&self.keys.dead);
         inv.arg(&self.group)
             .arg(&self.keys.ledger_prefix)
             .arg(ledger.bucket.as_millis() as u64)
@@ -437,8 +466,8 @@ impl Store {
                 }
             }
         }
-        let codes: Vec<i64> = inv.invoke_async(conn).await?;
-        codes.iter().map(|c| CommitOutcome::from_code(*c).ok_or_else(|| bad("commit", &Value::Int(*c)))).collect()
+        let v: Value = inv.invoke_async(conn).await?;
+        parse_commit_reply(&v, items.len())
     }
 
     /// Moves a pending entry this consumer holds to the dead-letter stream with `reason`.
@@ -561,6 +590,30 @@ fn as_int(v: &Value) -> Option<i64> {
         Value::Int(i) => Some(*i),
         other => as_string(other).and_then(|s| s.parse().ok()),
     }
+}
+
+/// Parses `commit.lua`'s reply: per entry a code, or `[code, reason]`.
+pub fn parse_commit_reply(v: &Value, n: usize) -> Result<Vec<CommitOutcome>> {
+    let list = as_array(v).ok_or_else(|| bad("commit", v))?;
+    if list.len() != n {
+        return Err(bad("commit", v));
+    }
+    list.iter()
+        .map(|o| {
+            let parsed = match o {
+                Value::Int(c) => CommitOutcome::from_code(*c),
+                other => as_array(other).and_then(|pair| {
+                    match (pair.first().and_then(as_int), pair.get(1).and_then(as_bytes)) {
+                        (Some(c), Some(r)) => {
+                            CommitOutcome::from_code_reason(c, String::from_utf8_lossy(&r).into_owned())
+                        }
+                        _ => None,
+                    }
+                }),
+            };
+            parsed.ok_or_else(|| bad("commit", o))
+        })
+        .collect()
 }
 
 /// Parses a list of `[id, [field, value, ...]]` entries. A deleted entry (nil fields) comes

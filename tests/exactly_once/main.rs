@@ -175,7 +175,13 @@ async fn pending_entries_deleted_from_the_stream_are_dead_lettered_not_lost() {
     assert_eq!(got.len(), 3);
     let mut c = ctx.store.conn.clone();
     // An operator trims the stream under the pending entries: two of the three vanish.
-    let _: i64 = redis::cmd("XDEL").arg(&ctx.store.keys.stream).arg(&got[0].id).arg(&got[1].id).query_async(&mut c).await.unwrap();
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&ctx.store.keys.stream)
+        .arg(&got[0].id)
+        .arg(&got[1].id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut run = Running::default();
     run.consumers(&ctx.store, 1, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
     ctx.until("drained", WAIT, || ctx.drained()).await;

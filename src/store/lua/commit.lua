@@ -1,21 +1,22 @@
 -- Fenced, atomic commit of a batch, possibly from several consumers of one process (group
--- commit). KEYS: stream, stats.
+-- commit). KEYS: stream, stats, dead.
 -- ARGV: group, ledger_prefix, bucket_ms, retention_ms, safety, n, then per entry:
 --   entry_id, consumer, token, event_id, deadline, n_effects, then per effect: n_args, args...
--- Per entry result: 1 committed, 2 duplicate suppressed (acked, no effects), 3 not owner.
+-- Per entry result: 1 committed, 2 duplicate suppressed (acked, no effects), 3 not owner,
+-- {4, reason}: its effects cannot all apply, so nothing of it was written and it was moved to
+-- the dead-letter stream with the reason (Redis's own error), {5, reason}: an effect failed
+-- after the pre-flight passed (a case it does not cover): the earlier effects stay written,
+-- the id stays in the ledger, and it was dead-lettered as partially applied.
+-- Each entry stands alone: one entry's failure never fails another's commit.
 -- `safety` is "fence,ledger" in production; the test-only switches drop either word to
 -- prove that the simulator and chaos scenarios catch what each one prevents.
-local stream, stats = KEYS[1], KEYS[2]
+local stream, stats, dead = KEYS[1], KEYS[2], KEYS[3]
 local group, prefix = ARGV[1], ARGV[2]
 local bucket_ms, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fence = string.find(ARGV[5], 'fence', 1, true) ~= nil
 local ledger = string.find(ARGV[5], 'ledger', 1, true) ~= nil
 local n = tonumber(ARGV[6])
--- Must match core::EFFECT_COMMANDS.
-local allowed = { SET=1, HSET=1, HINCRBY=1, INCRBY=1, INCR=1, RPUSH=1, LPUSH=1, SADD=1,
-  ZADD=1, XADD=1, DEL=1, PEXPIRE=1, EXPIRE=1, ZINCRBY=1, HDEL=1, SREM=1 }
 
--- First pass: parse and validate everything, so a bad request changes nothing.
 local entries = {}
 local pos = 7
 for i = 1, n do
@@ -27,17 +28,15 @@ for i = 1, n do
     local na = tonumber(ARGV[pos])
     local args = {}
     for j = 1, na do args[j] = ARGV[pos + j] end
-    if not allowed[string.upper(tostring(args[1]))] then
-      return redis.error_reply('effect command not allowed: ' .. tostring(args[1]))
-    end
     e.effects[#e.effects + 1] = args
     pos = pos + 1 + na
   end
   entries[i] = e
 end
 
+local now = now_ms()
 local out = {}
-local expiring = {}
+local extended = {}
 local done = {}
 for i, e in ipairs(entries) do
   if fence and not owns(stream, group, e.id, e.consumer, e.token) then
@@ -46,18 +45,51 @@ for i, e in ipairs(entries) do
   else
     local bucket = math.floor(e.dl / bucket_ms)
     local lk = prefix .. fmt(bucket)
-    if ledger and redis.call('SADD', lk, e.eid) == 0 then
+    if ledger and redis.call('SISMEMBER', lk, e.eid) == 1 then
       out[i] = 2
       count('duplicates_suppressed')
     else
-      if ledger and not expiring[lk] then
-        -- Once per bucket per call: the set expires `retention` after its bucket ends.
-        expiring[lk] = true
-        redis.call('PEXPIREAT', lk, fmt((bucket + 1) * bucket_ms + retention))
+      -- Entries are checked and applied one after another, so each is checked against what
+      -- the earlier ones really wrote.
+      local err = preflight(e.effects)
+      if err then
+        local reason = 'effects cannot apply, nothing was written: ' .. err
+        to_dead(stream, dead, e.id, e.token, e.consumer, reason)
+        out[i] = { 4, reason }
+        count('effects_refused')
+        count('dead_lettered')
+      else
+        if ledger then
+          redis.call('SADD', lk, e.eid)
+          if not extended[lk] then
+            -- Remembered at least `retention` after this commit, and after its bucket ends:
+            -- a late commit must never set an expiry in the past (that deletes the set).
+            extended[lk] = true
+            local want = math.max((bucket + 1) * bucket_ms + retention, now + retention)
+            local cur = redis.call('PEXPIRETIME', lk)
+            if cur < want then redis.call('PEXPIREAT', lk, fmt(want)) end
+          end
+        end
+        local failed
+        for j, args in ipairs(e.effects) do
+          local r = redis.pcall(unpack(args))
+          if type(r) == 'table' and r.err then
+            failed = string.format('effect %d of %d (%s %s): %s', j, #e.effects, string.upper(tostring(args[1])),
+              tostring(args[2]), r.err)
+            break
+          end
+        end
+        if failed then
+          local reason = 'PARTIALLY APPLIED (the pre-flight missed this; earlier effects stay written): ' .. failed
+          to_dead(stream, dead, e.id, e.token, e.consumer, reason)
+          out[i] = { 5, reason }
+          count('effects_partial')
+          count('dead_lettered')
+        else
+          out[i] = 1
+          count('committed')
+        end
       end
-      for _, args in ipairs(e.effects) do redis.call(unpack(args)) end
-      out[i] = 1
-      count('committed')
     end
     done[#done + 1] = e.id
   end

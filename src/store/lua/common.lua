@@ -10,6 +10,9 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- Must match core::DELETED_WHILE_PENDING.
+local DELETED_WHILE_PENDING = 'deleted from the stream while pending (XDEL, XTRIM or MAXLEN by another program); its content is gone'
+
 -- Must match core::event_id: sha1 over "<len>:<key>:<deadline>", first 32 hex digits.
 -- `dl` is the deadline's decimal digits.
 local function event_id(key, dl)
@@ -90,4 +93,19 @@ local function owns(stream, group, id, consumer, token)
   local p = redis.call('XPENDING', stream, group, id, id, 1)
   local e = p[1]
   return e ~= nil and e[2] == consumer and tostring(e[4]) == token
+end
+
+-- Appends pending entry `id` (its fields, when it still exists, prefixed `f:`) to the
+-- dead-letter stream with `reason`. The caller acks and deletes it.
+local function to_dead(stream, dead, id, token, consumer, reason)
+  local fields = {}
+  local e = redis.call('XRANGE', stream, id, id)
+  if e[1] then fields = e[1][2] end
+  local args = { 'XADD', dead, '*', 'reason', reason, 'entry', id, 'deliveries', token,
+    'consumer', consumer }
+  for j = 1, #fields, 2 do
+    args[#args + 1] = 'f:' .. fields[j]
+    args[#args + 1] = fields[j + 1]
+  end
+  redis.call(unpack(args))
 end

@@ -7,16 +7,7 @@ if not owns(stream, group, id, consumer, token) then
   flush_counts(stats)
   return 3
 end
-local fields = {}
-local e = redis.call('XRANGE', stream, id, id)
-if e[1] then fields = e[1][2] end
-local args = { 'XADD', dead, '*', 'reason', reason, 'entry', id, 'deliveries', token,
-  'consumer', consumer }
-for j = 1, #fields, 2 do
-  args[#args + 1] = 'f:' .. fields[j]
-  args[#args + 1] = fields[j + 1]
-end
-redis.call(unpack(args))
+to_dead(stream, dead, id, token, consumer, reason)
 redis.call('XACK', stream, group, id)
 redis.call('XDEL', stream, id)
 count('dead_lettered')

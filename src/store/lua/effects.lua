@@ -1,0 +1,227 @@
+-- Pre-flight of a handler's effects (used by commit.lua). Redis never rolls back a script's
+-- writes, so an entry's effects are checked, all of them, before its first write: syntax and
+-- arity, argument values, and every key's type (and, for INCRBY, HINCRBY and ZINCRBY, the
+-- current value), against Redis's state overlaid with what the entry's earlier effects would
+-- have done. `preflight` returns nil when every effect will apply, else the error Redis would
+-- have raised, in Redis's words. docs/adr/008-all-or-nothing-effects.md says what it covers.
+-- Must accept exactly what core::Effect::check accepts (syntax) and what the model applies.
+
+local I64_HI, I64_LO = 9223372036, 854775807 -- 2^63 - 1 split at 10^9
+
+-- An integer in Redis's strict syntax (string2ll): as {neg, hi, lo} with |n| = hi * 10^9 + lo,
+-- or nil. Doubles hold neither part inexactly.
+local function i64(s)
+  if type(s) ~= 'string' or #s == 0 or #s > 20 then return nil end
+  local neg, digits = false, s
+  if string.sub(s, 1, 1) == '-' then neg, digits = true, string.sub(s, 2) end
+  if not string.find(digits, '^[0-9]+$') then return nil end
+  if #digits > 1 and string.sub(digits, 1, 1) == '0' then return nil end
+  if neg and digits == '0' then return nil end
+  if #digits > 19 then return nil end
+  local hi, lo = 0, tonumber(digits)
+  if #digits > 9 then
+    hi = tonumber(string.sub(digits, 1, #digits - 9))
+    lo = tonumber(string.sub(digits, #digits - 8))
+  end
+  -- |n| <= 2^63 - 1, or exactly 2^63 when negative.
+  if hi > I64_HI or (hi == I64_HI and lo > I64_LO + (neg and 1 or 0)) then return nil end
+  return { neg = neg, hi = hi, lo = lo }
+end
+
+-- Signed value as two exact doubles: n = sign * (hi * 10^9 + lo).
+local function parts(n)
+  local s = n.neg and -1 or 1
+  return s * n.hi, s * n.lo
+end
+
+-- a + b, or nil on i64 overflow; the result as a decimal string.
+local function add_i64(a, b)
+  local ah, al = parts(a)
+  local bh, bl = parts(b)
+  local h, l = ah + bh, al + bl
+  -- Normalise so h and l share a sign and |l| < 10^9.
+  local carry = (l >= 0) and math.floor(l / 1e9) or -math.floor(-l / 1e9)
+  h, l = h + carry, l - carry * 1e9
+  if h > 0 and l < 0 then h, l = h - 1, l + 1e9 elseif h < 0 and l > 0 then h, l = h + 1, l - 1e9 end
+  local mh, ml = math.abs(h), math.abs(l)
+  local neg = h < 0 or (h == 0 and l < 0)
+  if mh > I64_HI or (mh == I64_HI and ml > I64_LO + (neg and 1 or 0)) then return nil end
+  if mh == 0 then return (neg and '-' or '') .. string.format('%d', ml) end
+  return (neg and '-' or '') .. string.format('%d%09d', mh, ml)
+end
+
+-- A float in the syntax Redis accepts for scores (no hex, no nan), or nil.
+local function score(s)
+  if type(s) ~= 'string' then return nil end
+  local l = string.lower(s)
+  if l == 'inf' or l == '+inf' then return math.huge end
+  if l == '-inf' then return -math.huge end
+  if not (string.find(s, '^[+-]?%d+%.?%d*$') or string.find(s, '^[+-]?%d*%.%d+$')
+      or string.find(s, '^[+-]?%d+%.?%d*[eE][+-]?%d+$') or string.find(s, '^[+-]?%d*%.%d+[eE][+-]?%d+$')) then
+    return nil
+  end
+  return tonumber(s)
+end
+
+local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+local NOT_INT = 'ERR value is not an integer or out of range'
+local OVERFLOW = 'ERR increment or decrement would overflow'
+-- Expire times beyond this many ms are refused (Redis overflows somewhat later).
+local MAX_EXPIRE_MS = 4398046511104 -- 2^42 ms, about 139 years
+
+local function arity(name) return "ERR wrong number of arguments for '" .. string.lower(name) .. "' command" end
+
+-- The type each command needs its key to hold (or 'none'), and what it leaves there.
+local KEY_TYPE = { HSET = 'hash', HINCRBY = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list',
+  SADD = 'set', SREM = 'set', ZADD = 'zset', ZINCRBY = 'zset', XADD = 'stream', INCR = 'string',
+  INCRBY = 'string' }
+
+-- Per-entry overlay over Redis: key -> { t = type, known = content fully known, v = string
+-- value, f = hash fields / zset scores touched so far }.
+local function overlay()
+  local ov = {}
+  local self = {}
+  function self.get(k)
+    local s = ov[k]
+    if not s then
+      s = { t = redis.call('TYPE', k)['ok'], known = false, f = {} }
+      ov[k] = s
+    end
+    return s
+  end
+  function self.reset(k, t)
+    ov[k] = { t = t, known = true, f = {} }
+    return ov[k]
+  end
+  return self
+end
+
+-- Checks one effect against the overlay and applies its effect on types/values there.
+local function check_one(ov, args)
+  local name = string.upper(tostring(args[1]))
+  local n = #args
+  local key = args[2]
+  local want = KEY_TYPE[name]
+  if not (want or name == 'SET' or name == 'DEL' or name == 'PEXPIRE' or name == 'EXPIRE') then
+    return 'ERR effect command not allowed: ' .. tostring(args[1])
+  end
+  if n < 2 then return arity(name) end
+  if name == 'SET' then
+    if n < 3 then return arity(name) end
+    local nx, xx, ttl = false, false, false
+    local i = 4
+    while i <= n do
+      local o = string.upper(args[i])
+      if o == 'NX' and not xx then nx = true
+      elseif o == 'XX' and not nx then xx = true
+      elseif (o == 'EX' or o == 'PX') and not ttl and i < n then
+        local v = i64(args[i + 1])
+        local mult = (o == 'EX') and 1000 or 1
+        if not v then return NOT_INT end
+        if v.neg or (v.hi == 0 and v.lo == 0) or (v.hi * 1e9 + v.lo) * mult > MAX_EXPIRE_MS then
+          return "ERR invalid expire time in 'set' command"
+        end
+        ttl = true
+        i = i + 1
+      elseif o == 'KEEPTTL' and not ttl then ttl = true
+      else return 'ERR syntax error' end
+      i = i + 1
+    end
+    local s = ov.get(key)
+    local exists = s.t ~= 'none'
+    if (nx and exists) or (xx and not exists) then return nil end
+    local r = ov.reset(key, 'string')
+    r.v = args[3]
+    return nil
+  elseif name == 'DEL' then
+    for i = 2, n do ov.reset(args[i], 'none') end
+    return nil
+  elseif name == 'PEXPIRE' or name == 'EXPIRE' then
+    if n ~= 3 then return (n < 3) and arity(name) or 'ERR syntax error' end
+    local v = i64(args[3])
+    if not v then return NOT_INT end
+    local mult = (name == 'EXPIRE') and 1000 or 1
+    if (v.hi * 1e9 + v.lo) * mult > MAX_EXPIRE_MS then
+      return "ERR invalid expire time in '" .. string.lower(name) .. "' command"
+    end
+    -- A time not in the future deletes the key.
+    if v.neg or (v.hi == 0 and v.lo == 0) then ov.reset(key, 'none') end
+    return nil
+  end
+  -- Arity and argument syntax first (Redis checks them before the key's type).
+  if name == 'INCR' then
+    if n ~= 2 then return arity(name) end
+  elseif name == 'INCRBY' then
+    if n ~= 3 then return arity(name) end
+    if not i64(args[3]) then return NOT_INT end
+  elseif name == 'HSET' then
+    if n < 4 or (n - 2) % 2 ~= 0 then return arity(name) end
+  elseif name == 'HINCRBY' then
+    if n ~= 4 then return arity(name) end
+    if not i64(args[4]) then return NOT_INT end
+  elseif name == 'HDEL' or name == 'RPUSH' or name == 'LPUSH' or name == 'SADD' or name == 'SREM' then
+    if n < 3 then return arity(name) end
+  elseif name == 'ZADD' then
+    if n < 4 then return arity(name) end
+    if score(args[3]) == nil and string.find(string.upper(args[3]), '^[A-Z]+$') then
+      return 'ERR effect option not supported: ZADD ' .. args[3]
+    end
+    if (n - 2) % 2 ~= 0 then return 'ERR syntax error' end
+    for i = 3, n, 2 do
+      if score(args[i]) == nil then return 'ERR value is not a valid float' end
+    end
+  elseif name == 'ZINCRBY' then
+    if n ~= 4 then return arity(name) end
+    if score(args[3]) == nil then return 'ERR value is not a valid float' end
+  elseif name == 'XADD' then
+    if n < 5 then return arity(name) end
+    if args[3] ~= '*' then return 'ERR effect option not supported: XADD ' .. args[3] .. " (effects add with '*')" end
+    if (n - 3) % 2 ~= 0 then return arity(name) end
+  end
+  local s = ov.get(key)
+  if s.t ~= 'none' and s.t ~= want then return WRONGTYPE end
+  local fresh = s.t == 'none'
+  if fresh then s = ov.reset(key, want) end
+  if name == 'INCR' or name == 'INCRBY' then
+    local cur = s.v
+    if cur == nil then cur = fresh and '0' or redis.call('GET', key) end
+    local a = i64(cur)
+    if not a then return NOT_INT end
+    local r = add_i64(a, i64(name == 'INCR' and '1' or args[3]))
+    if not r then return OVERFLOW end
+    s.v = r
+  elseif name == 'HINCRBY' then
+    local cur = s.f[args[3]]
+    if cur == nil then cur = (s.known and '0') or redis.call('HGET', key, args[3]) or '0' end
+    local a = i64(cur)
+    if not a then return 'ERR hash value is not an integer' end
+    local r = add_i64(a, i64(args[4]))
+    if not r then return OVERFLOW end
+    s.f[args[3]] = r
+  elseif name == 'HSET' then
+    for i = 3, n, 2 do s.f[args[i]] = args[i + 1] end
+  elseif name == 'ZINCRBY' then
+    local cur = s.f[args[4]]
+    if cur == nil then cur = (not s.known) and redis.call('ZSCORE', key, args[4]) or nil end
+    local r = (score(cur or '0') or 0) + score(args[3])
+    if r ~= r then return 'ERR resulting score is not a number (NaN)' end
+    s.f[args[4]] = string.format('%.17g', r)
+  elseif name == 'ZADD' then
+    for i = 3, n, 2 do s.f[args[i + 1]] = args[i] end
+  end
+  return nil
+end
+
+-- nil when every effect of `effects` (a list of argument lists) will apply; else
+-- "effect i of n (CMD key): <Redis's error>".
+local function preflight(effects)
+  local ov = overlay()
+  for i, args in ipairs(effects) do
+    local err = check_one(ov, args)
+    if err then
+      return string.format('effect %d of %d (%s %s): %s', i, #effects, string.upper(tostring(args[1])),
+        tostring(args[2] or ''), err)
+    end
+  end
+  return nil
+end
