@@ -309,12 +309,14 @@ impl Effect {
         let n = a.len();
         let arity = || Some(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
         if !EFFECT_COMMANDS.contains(&name.as_str()) {
-            return Some(format!("ERR effect command not allowed: {}", show(cmd)));
+            return Some(format!("effect command not allowed: {}", show(cmd)));
         }
         if n < 2 {
             return arity();
         }
-        let too_far = |v: i64, mult: i64| v.unsigned_abs().saturating_mul(mult as u64) > MAX_EXPIRE_MS as u64;
+        // Beyond what seconds can express in ms (state-free; the bound that depends on the
+        // server's clock is checked by the pre-flight and the model).
+        let too_far = |v: i64, mult: i64| mult == 1000 && v.checked_mul(1000).is_none();
         match name.as_str() {
             "SET" => {
                 if n < 3 {
@@ -336,6 +338,7 @@ impl Effect {
                             i += 1;
                         }
                         "KEEPTTL" if !ttl => ttl = true,
+                        "GET" | "EXAT" | "PXAT" => return Some(format!("ERR effect option not supported: SET {o}")),
                         _ => return Some("ERR syntax error".into()),
                     }
                     i += 1;
@@ -400,10 +403,6 @@ impl Effect {
         None
     }
 }
-
-/// Expire times in effects beyond this many ms are refused (about 139 years; Redis itself
-/// overflows somewhat later). Same bound as `effects.lua`.
-pub const MAX_EXPIRE_MS: i64 = 1 << 42;
 
 /// An integer in Redis's strict syntax (its `string2ll`): optional `-`, digits, no `+`, no
 /// leading zeros, no spaces, within i64.
@@ -615,6 +614,41 @@ mod tests {
         );
         assert!(Effect::new("rpush", ["k", "v"]).check().is_ok());
         assert!(Effect { args: vec![] }.check().is_err());
+    }
+
+    #[test]
+    fn effect_syntax_in_redis_words() {
+        let e = |args: &[&str]| Effect::new(args[0], &args[1..]).check().err();
+        assert_eq!(e(&["SET", "k", "v", "EX", "10", "NX"]), None);
+        assert_eq!(e(&["SET", "k", "v", "KEEPTTL", "XX"]), None);
+        assert_eq!(e(&["SET", "k", "v", "GET"]).as_deref(), Some("ERR effect option not supported: SET GET"));
+        assert_eq!(e(&["SET", "k", "v", "NX", "NX"]).as_deref(), Some("ERR syntax error"));
+        assert_eq!(e(&["SET", "k", "v", "EX", "0"]).as_deref(), Some("ERR invalid expire time in 'set' command"));
+        assert_eq!(e(&["SET", "k", "v", "PX", "+5"]).as_deref(), Some("ERR value is not an integer or out of range"));
+        assert_eq!(e(&["SET", "k"]).as_deref(), Some("ERR wrong number of arguments for 'set' command"));
+        assert_eq!(e(&["HSET", "h", "f"]).as_deref(), Some("ERR wrong number of arguments for 'hset' command"));
+        assert_eq!(
+            e(&["HSET", "h", "f", "v", "g"]).as_deref(),
+            Some("ERR wrong number of arguments for 'hset' command")
+        );
+        assert_eq!(e(&["INCRBY", "n", "007"]).as_deref(), Some("ERR value is not an integer or out of range"));
+        assert_eq!(e(&["ZADD", "z", "NX", "1", "m"]).as_deref(), Some("ERR effect option not supported: ZADD NX"));
+        assert_eq!(e(&["ZADD", "z", "1.5e3", "m", "-inf", "n"]), None);
+        assert_eq!(e(&["ZADD", "z", "0x10", "m"]).as_deref(), Some("ERR value is not a valid float"));
+        assert_eq!(e(&["ZINCRBY", "z", "nan", "m"]).as_deref(), Some("ERR value is not a valid float"));
+        assert!(e(&["XADD", "s", "1-1", "f", "v"]).unwrap().starts_with("ERR effect option not supported: XADD 1-1"));
+        assert_eq!(e(&["XADD", "s", "*", "f"]).as_deref(), Some("ERR wrong number of arguments for 'xadd' command"));
+        assert_eq!(e(&["PEXPIRE", "k", "10", "NX"]).as_deref(), Some("ERR syntax error"));
+        assert_eq!(e(&["EXPIRE", "k", "-5"]), None);
+        assert_eq!(e(&["DEL", "a", "b", "c"]), None);
+        assert_eq!(strict_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(strict_i64(b"9223372036854775808"), None);
+        assert_eq!(strict_i64(b"-0"), None);
+        assert_eq!(strict_i64(b" 1"), None);
+        assert_eq!(float_syntax(b".5"), Some(0.5));
+        assert_eq!(float_syntax(b"1."), Some(1.0));
+        assert_eq!(float_syntax(b"."), None);
+        assert_eq!(float_syntax(b"1e"), None);
     }
 
     #[test]

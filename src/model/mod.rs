@@ -620,7 +620,9 @@ impl Model {
                         "NX" => nx = true,
                         "PX" | "EX" if i + 1 < a.len() => {
                             let mult = if a[i].eq_ignore_ascii_case(b"EX") { 1000 } else { 1 };
-                            px = Some(int(&a[i + 1])? * mult);
+                            let v = int(&a[i + 1])?;
+                            let ms = v.checked_mul(mult).filter(|ms| v > 0 && *ms <= i64::MAX - self.now);
+                            px = Some(ms.ok_or("ERR invalid expire time in 'set' command")?);
                             i += 1;
                         }
                         _ => return Err("ERR syntax error".into()),
@@ -644,7 +646,12 @@ impl Model {
             "PEXPIRE" | "EXPIRE" => {
                 arity(2)?;
                 let mult = if name == "EXPIRE" { 1000 } else { 1 };
-                bool_reply(self.pexpire(&a[0], int(&a[1])? * mult))
+                // Redis's overflow checks: the unit conversion, then the addition to the clock.
+                let ms = int(&a[1])?
+                    .checked_mul(mult)
+                    .filter(|ms| *ms <= i64::MAX - self.now)
+                    .ok_or_else(|| format!("ERR invalid expire time in '{}' command", name.to_ascii_lowercase()))?;
+                bool_reply(self.pexpire(&a[0], ms))
             }
             "PEXPIREAT" => {
                 arity(2)?;

@@ -195,3 +195,211 @@ async fn pending_entries_deleted_from_the_stream_are_dead_lettered_not_lost() {
     let stats = ctx.store.stats().await.unwrap();
     assert_eq!(stats.get("deleted_while_pending"), Some(&2), "{stats:?}");
 }
+
+// ----- The pre-flight against Redis itself -----
+//
+// Generated effect lists on generated key states: each list is applied once by plain commands
+// (the reference: what Redis itself accepts, stopping at the first error) and once through the
+// commit script on the same starting state. The script must refuse exactly the lists Redis
+// errors on, naming Redis's error, and leave the keys untouched when it refuses; when it
+// commits, the keys must end as the reference left them.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+const PF_KEYS: [&str; 3] = ["pf:a", "pf:b", "pf:c"];
+
+fn pf_state() -> impl Strategy<Value = u8> {
+    0u8..9
+}
+
+async fn set_state(c: &mut redis::aio::MultiplexedConnection, key: &str, s: u8) {
+    let _: () = redis::cmd("DEL").arg(key).query_async(c).await.unwrap();
+    let mut cmd = match s {
+        0 => return,
+        1 => redis::cmd("SET").arg(key).arg("5").to_owned(),
+        2 => redis::cmd("SET").arg(key).arg("abc").to_owned(),
+        3 => redis::cmd("SET").arg(key).arg("9223372036854775807").to_owned(),
+        4 => redis::cmd("HSET").arg(key).arg("f").arg("1").arg("g").arg("x").to_owned(),
+        5 => redis::cmd("RPUSH").arg(key).arg("x").to_owned(),
+        6 => redis::cmd("SADD").arg(key).arg("x").to_owned(),
+        7 => redis::cmd("ZADD").arg(key).arg("1").arg("m").arg("inf").arg("i").to_owned(),
+        _ => redis::cmd("XADD").arg(key).arg("*").arg("f").arg("v").to_owned(),
+    };
+    let _: redis::Value = cmd.query_async(c).await.unwrap();
+}
+
+fn pf_effect() -> impl Strategy<Value = Vec<String>> {
+    let k = proptest::sample::select(PF_KEYS.to_vec()).prop_map(String::from);
+    let int = proptest::sample::select(vec![
+        "1",
+        "-1",
+        "abc",
+        "9223372036854775807",
+        "1.5",
+        "-9223372036854775808",
+        "+1",
+        "01",
+    ]);
+    let score = proptest::sample::select(vec!["1", "inf", "-inf", "abc", "2.5", "1e3"]);
+    let field = proptest::sample::select(vec!["f", "g", "h"]);
+    let set_opt = proptest::sample::select(vec!["", "NX", "XX", "EX 10", "PX 0", "KEEPTTL", "GET"]);
+    let v = |s: Vec<&str>| s.into_iter().filter(|a| !a.is_empty()).map(String::from).collect::<Vec<_>>();
+    prop_oneof![
+        (k.clone(), set_opt).prop_map(move |(k, o)| {
+            let mut a = v(vec!["SET", &k, "val"]);
+            a.extend(o.split(' ').filter(|x| !x.is_empty()).map(String::from));
+            a
+        }),
+        k.clone().prop_map(move |k| v(vec!["INCR", &k])),
+        (k.clone(), int.clone()).prop_map(move |(k, n)| v(vec!["INCRBY", &k, n])),
+        (k.clone(), field.clone()).prop_map(move |(k, f)| v(vec!["HSET", &k, f, "y"])),
+        (k.clone(), field.clone(), int.clone()).prop_map(move |(k, f, n)| v(vec!["HINCRBY", &k, f, n])),
+        (k.clone(), field.clone()).prop_map(move |(k, f)| v(vec!["HDEL", &k, f])),
+        k.clone().prop_map(move |k| v(vec!["RPUSH", &k, "x"])),
+        k.clone().prop_map(move |k| v(vec!["LPUSH", &k, "y"])),
+        k.clone().prop_map(move |k| v(vec!["SADD", &k, "x"])),
+        k.clone().prop_map(move |k| v(vec!["SREM", &k, "x"])),
+        (k.clone(), score.clone()).prop_map(move |(k, s)| v(vec!["ZADD", &k, s, "m"])),
+        (k.clone(), score, proptest::sample::select(vec!["m", "i"]))
+            .prop_map(move |(k, s, m)| v(vec!["ZINCRBY", &k, s, m])),
+        k.clone().prop_map(move |k| v(vec!["XADD", &k, "*", "f", "v"])),
+        k.clone().prop_map(move |k| v(vec!["DEL", &k])),
+        // No TTL short enough to run out between the two runs.
+        (
+            k.clone(),
+            proptest::sample::select(vec!["100000", "-1", "0", "abc", "9223372036854775807", "9223372036854775"])
+        )
+            .prop_map(move |(k, n)| v(vec!["PEXPIRE", &k, n])),
+        (
+            k.clone(),
+            proptest::sample::select(vec!["100", "-1", "9223372036854775", "9223372036854776", "-9223372036854776"])
+        )
+            .prop_map(move |(k, n)| v(vec!["EXPIRE", &k, n])),
+        k.clone().prop_map(move |k| v(vec!["HSET", &k, "f"])),
+        k.prop_map(move |k| v(vec!["INCRBY", &k])),
+    ]
+}
+
+/// The keys' contents, in a form equal across two runs (stream ids and TTL values left out).
+async fn pf_snapshot(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut out = vec![];
+    for k in PF_KEYS {
+        let t: String = redis::cmd("TYPE").arg(k).query_async(c).await.unwrap();
+        let body: String = match t.as_str() {
+            "string" => redis::cmd("GET").arg(k).query_async::<String>(c).await.unwrap(),
+            "hash" => {
+                let mut v: Vec<(String, String)> = redis::cmd("HGETALL").arg(k).query_async(c).await.unwrap();
+                v.sort();
+                format!("{v:?}")
+            }
+            "list" => {
+                format!("{:?}", redis::cmd("LRANGE").arg(k).arg(0).arg(-1).query_async::<Vec<String>>(c).await.unwrap())
+            }
+            "set" => {
+                let mut v: Vec<String> = redis::cmd("SMEMBERS").arg(k).query_async(c).await.unwrap();
+                v.sort();
+                format!("{v:?}")
+            }
+            "zset" => format!(
+                "{:?}",
+                redis::cmd("ZRANGE")
+                    .arg(k)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async::<Vec<String>>(c)
+                    .await
+                    .unwrap()
+            ),
+            "stream" => format!("len {}", redis::cmd("XLEN").arg(k).query_async::<u64>(c).await.unwrap()),
+            _ => String::new(),
+        };
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(c).await.unwrap();
+        out.push(format!("{k}: {t} {body} ttl={}", ttl.max(-1).signum().max(0)));
+    }
+    out
+}
+
+async fn pf_case(ctx: &Ctx, case: u64, states: &[u8], effects: &[Vec<String>]) -> Result<(), String> {
+    let mut c = ctx.conn().await;
+    for (k, s) in PF_KEYS.iter().zip(states) {
+        set_state(&mut c, k, *s).await;
+    }
+    let before = pf_snapshot(&mut c).await;
+    // The reference: plain commands, stopping at the first error.
+    let mut error = None;
+    for (i, e) in effects.iter().enumerate() {
+        let mut cmd = redis::cmd(&e[0]);
+        for a in &e[1..] {
+            cmd.arg(a);
+        }
+        if let Err(err) = cmd.query_async::<redis::Value>(&mut c).await {
+            error = Some((i, err.detail().unwrap_or_default().to_string(), err.code().unwrap_or_default().to_string()));
+            break;
+        }
+    }
+    let reference = pf_snapshot(&mut c).await;
+    for (k, s) in PF_KEYS.iter().zip(states) {
+        set_state(&mut c, k, *s).await;
+    }
+    // The same list through the commit script.
+    let ev = add_entry(ctx, &format!("pf:event:{case}"), 1_000 + case as i64).await;
+    let got = ctx.store.read_new(&mut c, "P", 1, Duration::from_millis(100)).await.unwrap();
+    let effs: Vec<Effect> = effects.iter().map(|e| Effect::new(&e[0], &e[1..])).collect();
+    let item = CommitItem { entry_id: &got[0].id, token: 1, event: &ev, effects: &effs };
+    let out = ctx.store.commit(&mut c, "P", ledger(60_000, 3_600_000), &[item]).await.map_err(|e| e.to_string())?;
+    let after = pf_snapshot(&mut c).await;
+    match (&error, &out[0]) {
+        (None, CommitOutcome::Committed) if after == reference => Ok(()),
+        // A documented narrowing (ADR 008): options Redis has but effects do not take.
+        (_, CommitOutcome::EffectsRefused(r)) if r.contains("effect option not supported") && after == before => Ok(()),
+        (None, o) => {
+            Err(format!("Redis applied every effect but the commit said {o:?}; state {after:?} vs {reference:?}"))
+        }
+        (Some((i, detail, code)), CommitOutcome::EffectsRefused(reason)) => {
+            let want = format!("effect {} of {}", i + 1, effects.len());
+            if after != before {
+                Err(format!("refused but wrote: {before:?} -> {after:?}"))
+            } else if !reason.contains(&want) || !reason.contains(detail.as_str()) || !reason.contains(code.as_str()) {
+                Err(format!("reason {reason:?} does not name {want} and Redis's error {code} {detail:?}"))
+            } else {
+                Ok(())
+            }
+        }
+        (Some(e), o) => Err(format!("Redis refused effect {e:?} but the commit said {o:?}")),
+    }
+}
+
+#[test]
+fn the_preflight_refuses_exactly_what_redis_refuses() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ctx = rt.block_on(Ctx::new("preflight"));
+    let cases: u32 = std::env::var("PREFLIGHT_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let mut runner = TestRunner::new_with_rng(
+        Config { cases, failure_persistence: None, ..Config::default() },
+        proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+    );
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    let strategy = (proptest::collection::vec(pf_state(), 3), proptest::collection::vec(pf_effect(), 1..4));
+    let result = runner.run(&strategy, |(states, effects)| {
+        let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = rt.block_on(pf_case(&ctx, case, &states, &effects));
+        let dead_len = rt.block_on(async {
+            let mut c = ctx.store.conn.clone();
+            redis::cmd("XLEN").arg(&ctx.store.keys.dead).query_async::<u64>(&mut c).await.unwrap()
+        });
+        refused.store(dead_len, std::sync::atomic::Ordering::Relaxed);
+        r.map_err(|m| TestCaseError::fail(format!("states {states:?} effects {effects:?}: {m}")))
+    });
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("preflight: {cases} cases, {refused} refused by Redis and by the script alike");
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        refused > u64::from(cases) / 10 && refused < u64::from(cases) * 9 / 10,
+        "too one-sided: {refused} of {cases}"
+    );
+}

@@ -51,7 +51,7 @@ for i, e in ipairs(entries) do
     else
       -- Entries are checked and applied one after another, so each is checked against what
       -- the earlier ones really wrote.
-      local err = preflight(e.effects)
+      local err = preflight(e.effects, now)
       if err then
         local reason = 'effects cannot apply, nothing was written: ' .. err
         to_dead(stream, dead, e.id, e.token, e.consumer, reason)

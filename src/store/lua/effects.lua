@@ -66,8 +66,19 @@ end
 local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
 local NOT_INT = 'ERR value is not an integer or out of range'
 local OVERFLOW = 'ERR increment or decrement would overflow'
--- Expire times beyond this many ms are refused (Redis overflows somewhat later).
-local MAX_EXPIRE_MS = 4398046511104 -- 2^42 ms, about 139 years
+-- Whether a TTL of `v` (an i64 table; seconds when `mult` is 1000) overflows the server's
+-- clock: Redis refuses it ("invalid expire time") when ms > LLONG_MAX - now.
+local function beyond(v, mult, now)
+  if v.neg then return false end
+  local vh, vl = v.hi, v.lo
+  if mult == 1000 then
+    if vh > 9223372 or (vh == 9223372 and vl > 36854775) then return true end -- LLONG_MAX / 1000
+    vh, vl = vh * 1000 + math.floor(vl / 1e6), (vl % 1e6) * 1000
+  end
+  local bh, bl = I64_HI - math.floor(now / 1e9), I64_LO - (now % 1e9)
+  if bl < 0 then bh, bl = bh - 1, bl + 1e9 end
+  return vh > bh or (vh == bh and vl > bl)
+end
 
 local function arity(name) return "ERR wrong number of arguments for '" .. string.lower(name) .. "' command" end
 
@@ -96,14 +107,48 @@ local function overlay()
   return self
 end
 
+-- A hash field's value, a set member ('1') or a zset member's score, as the entry's earlier
+-- effects left it (false: absent).
+local function member(s, key, m)
+  local v = s.f[m]
+  if v ~= nil then return v end
+  if s.known then return false end
+  if s.t == 'hash' then v = redis.call('HGET', key, m)
+  elseif s.t == 'set' then v = (redis.call('SISMEMBER', key, m) == 1) and '1' or false
+  elseif s.t == 'zset' then v = redis.call('ZSCORE', key, m)
+  else v = false end
+  s.f[m] = v
+  return v
+end
+
+-- Elements in the aggregate now (read once, then followed through the entry's effects).
+local function size(s, key)
+  if s.len == nil then
+    if s.known then s.len = 0
+    elseif s.t == 'hash' then s.len = redis.call('HLEN', key)
+    elseif s.t == 'set' then s.len = redis.call('SCARD', key)
+    elseif s.t == 'zset' then s.len = redis.call('ZCARD', key)
+    else s.len = 0 end
+  end
+  return s.len
+end
+
+-- Sets (v a string) or removes (v false) member `m`, keeping the size.
+local function put(s, key, m, v)
+  local was = member(s, key, m)
+  local n = size(s, key)
+  if was and not v then s.len = n - 1 elseif v and not was then s.len = n + 1 end
+  s.f[m] = v
+end
+
 -- Checks one effect against the overlay and applies its effect on types/values there.
-local function check_one(ov, args)
+local function check_one(ov, args, now)
   local name = string.upper(tostring(args[1]))
   local n = #args
   local key = args[2]
   local want = KEY_TYPE[name]
   if not (want or name == 'SET' or name == 'DEL' or name == 'PEXPIRE' or name == 'EXPIRE') then
-    return 'ERR effect command not allowed: ' .. tostring(args[1])
+    return 'effect command not allowed: ' .. tostring(args[1])
   end
   if n < 2 then return arity(name) end
   if name == 'SET' then
@@ -118,12 +163,13 @@ local function check_one(ov, args)
         local v = i64(args[i + 1])
         local mult = (o == 'EX') and 1000 or 1
         if not v then return NOT_INT end
-        if v.neg or (v.hi == 0 and v.lo == 0) or (v.hi * 1e9 + v.lo) * mult > MAX_EXPIRE_MS then
+        if v.neg or (v.hi == 0 and v.lo == 0) or beyond(v, mult, now) then
           return "ERR invalid expire time in 'set' command"
         end
         ttl = true
         i = i + 1
       elseif o == 'KEEPTTL' and not ttl then ttl = true
+      elseif o == 'GET' or o == 'EXAT' or o == 'PXAT' then return 'ERR effect option not supported: SET ' .. o
       else return 'ERR syntax error' end
       i = i + 1
     end
@@ -141,7 +187,8 @@ local function check_one(ov, args)
     local v = i64(args[3])
     if not v then return NOT_INT end
     local mult = (name == 'EXPIRE') and 1000 or 1
-    if (v.hi * 1e9 + v.lo) * mult > MAX_EXPIRE_MS then
+    local too_negative = mult == 1000 and v.neg and (v.hi > 9223372 or (v.hi == 9223372 and v.lo > 36854775))
+    if too_negative or beyond(v, mult, now) then
       return "ERR invalid expire time in '" .. string.lower(name) .. "' command"
     end
     -- A time not in the future deletes the key.
@@ -180,44 +227,51 @@ local function check_one(ov, args)
   end
   local s = ov.get(key)
   if s.t ~= 'none' and s.t ~= want then return WRONGTYPE end
-  local fresh = s.t == 'none'
-  if fresh then s = ov.reset(key, want) end
+  if s.t == 'none' then
+    -- Removing from a missing key leaves it missing; anything else creates it.
+    if name == 'HDEL' or name == 'SREM' then return nil end
+    s = ov.reset(key, want)
+  end
   if name == 'INCR' or name == 'INCRBY' then
     local cur = s.v
-    if cur == nil then cur = fresh and '0' or redis.call('GET', key) end
+    if cur == nil then cur = s.known and '0' or redis.call('GET', key) end
     local a = i64(cur)
     if not a then return NOT_INT end
     local r = add_i64(a, i64(name == 'INCR' and '1' or args[3]))
     if not r then return OVERFLOW end
     s.v = r
   elseif name == 'HINCRBY' then
-    local cur = s.f[args[3]]
-    if cur == nil then cur = (s.known and '0') or redis.call('HGET', key, args[3]) or '0' end
-    local a = i64(cur)
+    local cur = member(s, key, args[3])
+    local a = i64(cur or '0')
     if not a then return 'ERR hash value is not an integer' end
     local r = add_i64(a, i64(args[4]))
     if not r then return OVERFLOW end
-    s.f[args[3]] = r
+    put(s, key, args[3], r)
   elseif name == 'HSET' then
-    for i = 3, n, 2 do s.f[args[i]] = args[i + 1] end
+    for i = 3, n, 2 do put(s, key, args[i], args[i + 1]) end
+  elseif name == 'SADD' then
+    for i = 3, n do put(s, key, args[i], '1') end
+  elseif name == 'HDEL' or name == 'SREM' then
+    for i = 3, n do put(s, key, args[i], false) end
+    -- An aggregate left empty is deleted.
+    if size(s, key) == 0 then ov.reset(key, 'none') end
   elseif name == 'ZINCRBY' then
-    local cur = s.f[args[4]]
-    if cur == nil then cur = (not s.known) and redis.call('ZSCORE', key, args[4]) or nil end
+    local cur = member(s, key, args[4])
     local r = (score(cur or '0') or 0) + score(args[3])
     if r ~= r then return 'ERR resulting score is not a number (NaN)' end
-    s.f[args[4]] = string.format('%.17g', r)
+    put(s, key, args[4], string.format('%.17g', r))
   elseif name == 'ZADD' then
-    for i = 3, n, 2 do s.f[args[i + 1]] = args[i] end
+    for i = 3, n, 2 do put(s, key, args[i + 1], args[i]) end
   end
   return nil
 end
 
 -- nil when every effect of `effects` (a list of argument lists) will apply; else
 -- "effect i of n (CMD key): <Redis's error>".
-local function preflight(effects)
+local function preflight(effects, now)
   local ov = overlay()
   for i, args in ipairs(effects) do
-    local err = check_one(ov, args)
+    local err = check_one(ov, args, now)
     if err then
       return string.format('effect %d of %d (%s %s): %s', i, #effects, string.upper(tostring(args[1])),
         tostring(args[2] or ''), err)
