@@ -192,10 +192,14 @@ enum Cmd {
     Sim(expiry_stream::sim::SimArgs),
     /// Chaos scenarios against real Redis: `scenario run FILE`.
     Scenario(expiry_stream::scenario::ScenarioArgs),
-    /// The oracle over a namespace: created vs effected. Exits 1 on loss or duplicates.
+    /// The oracle over a namespace: created vs effected, and the witnesses outside the commit
+    /// path. Exits 1 on loss, duplicates, a disagreeing witness, or dead letters other than expected.
     Check {
         #[command(flatten)]
         common: Common,
+        /// Dead-lettered events the faults of this run legitimately cause (dead letters are not success).
+        #[arg(long, default_value_t = 0)]
+        expect_dead_letters: u64,
         /// Also write the verdict as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -305,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
             if wipe {
                 store.wipe().await?;
+                oracle::Witness::new(&store).wipe().await?;
             }
             store.ensure_group().await?;
             let w = WorkloadConfig {
@@ -405,14 +410,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Sim(args) => std::process::exit(expiry_stream::sim::main(args).await?),
         Cmd::Scenario(args) => std::process::exit(expiry_stream::scenario::main(args).await?),
-        Cmd::Check { common, json } => {
+        Cmd::Check { common, expect_dead_letters, json } => {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
             let c = oracle::check(&store).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
             if let Some(p) = json {
                 std::fs::write(p, serde_json::to_string_pretty(&c)?)?;
             }
-            if !c.oracle.ok() {
+            println!("{}", c.oracle.line());
+            let problems = c.oracle.problems(expect_dead_letters);
+            if problems.is_empty() {
+                println!("verdict: PASS");
+            } else {
+                println!("verdict: FAIL: {}", problems.join("; "));
                 std::process::exit(1);
             }
         }

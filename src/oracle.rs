@@ -2,6 +2,13 @@
 //! the `record` handler records every effect (event id, consumer, entry id) as a Redis-side
 //! effect committed with the ack. `check` compares the two as multisets. It never reads the
 //! library's counters to decide anything; it only prints them beside its verdict.
+//!
+//! The effects ledger alone has a blind spot: it is written only after the commit's ledger
+//! said "new", so a duplicate the ledger hides is never seen there. The [`Witness`] sits
+//! outside the commit path, in another database on its own connection: every handler run is
+//! recorded there before the handler returns (with its stream entry id, so stream entries
+//! beyond one per event show up however the commit treated them), and the handler's external
+//! effect goes to a sink keyed by event id and fenced by delivery count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::consume::{Delivery, Handler, HandlerFuture};
-use crate::core::{event_id, Effect, Event};
+use crate::consume::{Delivery, Handler, HandlerError, HandlerFuture};
+use crate::core::{event_id, Effect, Event, DELETED_WHILE_PENDING};
 use crate::store::Store;
 
 pub fn now_ms() -> i64 {
@@ -35,17 +42,20 @@ pub async fn record_created(store: &Store, events: &[(&[u8], i64)]) -> crate::st
     Ok(())
 }
 
-/// The oracle's handler: waits `work` (the simulated cost of the real work), then returns one
-/// effect, an `RPUSH` of `"<event id>|<consumer>|<entry id>|<captured ms>|<effect ms>"` to the
-/// effects ledger. Being a Redis-side effect, it is committed atomically with the ack.
+/// The oracle's handler: waits `work` (the simulated cost of the real work), records the run
+/// and performs its external effect through the [`Witness`] (on the witness's own connection,
+/// before returning), then returns one Redis-side effect, an `RPUSH` of
+/// `"<event id>|<consumer>|<entry id>|<captured ms>|<effect ms>"` to the effects ledger,
+/// committed atomically with the ack.
 pub struct RecordHandler {
     pub effects_key: String,
     pub work: Duration,
+    pub witness: Witness,
 }
 
 impl RecordHandler {
     pub fn new(store: &Store, work: Duration) -> Arc<RecordHandler> {
-        Arc::new(RecordHandler { effects_key: store.keys.effects.clone(), work })
+        Arc::new(RecordHandler { effects_key: store.keys.effects.clone(), work, witness: Witness::new(store) })
     }
 }
 
@@ -55,9 +65,123 @@ impl Handler for RecordHandler {
             if !self.work.is_zero() {
                 crate::timer::sleep(self.work).await;
             }
+            // Unrecorded, the run must not count: fail it, and the delivery is retried.
+            self.witness.record(event, d).await.map_err(|e| HandlerError::Transient(format!("oracle witness: {e}")))?;
             let rec = format!("{}|{}|{}|{}|{}", event.event_id, d.consumer, d.entry_id, event.captured_ms, now_ms());
             Ok(vec![Effect::new("RPUSH", [self.effects_key.as_bytes(), rec.as_bytes()])])
         })
+    }
+}
+
+/// The sink's write: the run is recorded whatever happens; then the write is refused when a
+/// higher delivery count was seen for the event (fenced: a stale writer), applied once per
+/// event id (the idempotency key), and a repeated key is only counted.
+/// KEYS: runs, tokens, applied, counts. ARGV: event id, deadline, key, entry id, token, consumer.
+/// Returns 1 applied, 2 repeated key (not applied again), 0 fenced.
+const SINK_SCRIPT: &str = r"
+redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+local seen = redis.call('HGET', KEYS[2], ARGV[1])
+if seen and tonumber(seen) > tonumber(ARGV[5]) then
+  redis.call('HINCRBY', KEYS[4], 'fenced', 1)
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+if seen then
+  redis.call('HINCRBY', KEYS[4], 'repeated', 1)
+  return 2
+end
+redis.call('RPUSH', KEYS[3], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+return 1
+";
+
+/// Where the oracle's witnesses live: the database after the pipeline's own (an external
+/// system as far as the pipeline is concerned: no script of the pipeline touches it).
+pub fn witness_db(store: &Store) -> i64 {
+    let db = store.client.get_connection_info().redis_settings().db();
+    if db >= 15 {
+        db - 1
+    } else {
+        db + 1
+    }
+}
+
+/// Keys of the witness database for a namespace.
+#[derive(Clone, Debug)]
+pub struct WitnessKeys {
+    pub runs: String,
+    pub tokens: String,
+    pub applied: String,
+    pub counts: String,
+}
+
+impl WitnessKeys {
+    pub fn new(ns: &str) -> WitnessKeys {
+        WitnessKeys {
+            runs: format!("{{{ns}}}:witness:runs"),
+            tokens: format!("{{{ns}}}:sink:tokens"),
+            applied: format!("{{{ns}}}:sink:applied"),
+            counts: format!("{{{ns}}}:sink:counts"),
+        }
+    }
+    fn all(&self) -> [&str; 4] {
+        [&self.runs, &self.tokens, &self.applied, &self.counts]
+    }
+}
+
+/// The witness's connection to its database, opened on first use (handlers are built
+/// synchronously) and reconnecting by itself.
+pub struct Witness {
+    client: Option<redis::Client>,
+    keys: WitnessKeys,
+    script: redis::Script,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl Witness {
+    pub fn new(store: &Store) -> Witness {
+        let info = store.client.get_connection_info().clone();
+        let settings = info.redis_settings().clone().set_db(witness_db(store));
+        let client = redis::Client::open(info.set_redis_settings(settings)).ok();
+        Witness {
+            client,
+            keys: WitnessKeys::new(&store.keys.ns),
+            script: redis::Script::new(SINK_SCRIPT),
+            conn: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no witness database")))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let c = self.conn.get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(client, cfg)).await?;
+        Ok(c.clone())
+    }
+
+    /// Records one handler run and performs its external write. Returns the sink's answer.
+    pub async fn record(&self, event: &Event, d: &Delivery) -> redis::RedisResult<i64> {
+        let mut c = self.conn().await?;
+        let mut inv = self.script.prepare_invoke();
+        for k in self.keys.all() {
+            inv.key(k);
+        }
+        inv.arg(&event.event_id)
+            .arg(event.deadline_ms)
+            .arg(event.key.as_slice())
+            .arg(&d.entry_id)
+            .arg(d.token)
+            .arg(&d.consumer);
+        inv.invoke_async(&mut c).await
+    }
+
+    /// Deletes the namespace's witnesses (with the namespace, before a run).
+    pub async fn wipe(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("DEL").arg(&self.keys.all()).query_async(&mut c).await
     }
 }
 
@@ -105,13 +229,96 @@ pub struct Verdict {
     pub unexpected_effects: u64,
     /// Created events that are in the dead-letter stream instead (with a reason).
     pub dead_lettered: u64,
+    /// Created events with an effect and a dead-letter entry both: a contradiction.
+    pub effected_and_dead_lettered: u64,
     /// The library's own count of suppressed replays (printed beside, not used).
     pub duplicates_suppressed: u64,
+    // ----- witnesses outside the commit path -----
+    /// Handler invocations, each recorded on the witness's own connection before returning.
+    pub handler_runs: u64,
+    /// Runs that led to neither an effect nor a dead letter (retries, fenced or suppressed
+    /// commits, crashes): `handler_runs - effected - dead_lettered`, at least 0.
+    pub redeliveries: u64,
+    /// Stream entries beyond one per event id, whatever the commit did with them, counted from
+    /// the entries the witnesses saw (handler runs, dead letters, entries left in the stream).
+    pub capture_duplicates: u64,
+    /// Entries the stream ever took (`XINFO STREAM` entries-added: the server's count).
+    pub stream_entries_added: u64,
+    /// Of those, entries no witness saw (deleted before any handler ran, e.g. by an operator):
+    /// `capture_duplicates` cannot speak for them.
+    pub stream_entries_unseen: u64,
+    /// External writes the sink applied (once per event id: the sink honours the key).
+    pub external_applied: u64,
+    /// External writes repeated for an event id already applied (at least once: redeliveries
+    /// reaching the sink; it did not apply them again).
+    pub external_repeated: u64,
+    /// External writes the sink refused for a stale fencing token.
+    pub external_fenced: u64,
+    /// External applications beyond one per (key, deadline): an unstable idempotency key.
+    pub external_duplicates: u64,
+    /// Effected events with no external write applied (at-least-once broken).
+    pub external_missing: u64,
+    /// Effects of events no handler run was recorded for (the effects ledger written by
+    /// something other than a handler).
+    pub effects_without_run: u64,
+    /// Pending entries deleted from the stream by another program (dead-lettered by reclaim).
+    pub deleted_while_pending: u64,
 }
 
 impl Verdict {
+    /// A fault-free verdict: nothing lost, doubled, unexplained or dead-lettered.
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.duplicate_effects == 0 && self.unexpected_effects == 0
+        self.ok_expecting(0)
+    }
+
+    /// As [`Verdict::ok`], with `dead_letters` dead-lettered events expected: dead letters are
+    /// not success unless the caller says how many its faults legitimately cause.
+    pub fn ok_expecting(&self, dead_letters: u64) -> bool {
+        self.problems(dead_letters).is_empty()
+    }
+
+    /// What is wrong, one phrase each (empty when nothing is).
+    pub fn problems(&self, dead_letters: u64) -> Vec<String> {
+        let checks = [
+            ("lost", self.lost, 0),
+            ("duplicate_effects", self.duplicate_effects, 0),
+            ("unexpected_effects", self.unexpected_effects, 0),
+            ("dead_lettered", self.dead_lettered, dead_letters),
+            ("effected_and_dead_lettered", self.effected_and_dead_lettered, 0),
+            ("capture_duplicates", self.capture_duplicates, 0),
+            ("external_duplicates", self.external_duplicates, 0),
+            ("external_missing", self.external_missing, 0),
+            ("effects_without_run", self.effects_without_run, 0),
+            ("deleted_while_pending", self.deleted_while_pending, 0),
+        ];
+        checks
+            .iter()
+            .filter(|(_, v, want)| v != want)
+            .map(|(n, v, want)| format!("{n} = {v}, expected {want}"))
+            .collect()
+    }
+
+    /// One line for people: the verdict, and the witnesses beside it.
+    pub fn line(&self) -> String {
+        format!(
+            "created {} effected {} lost {} duplicate_effects {} unexpected {} dead_lettered {} | witnesses: handler_runs {} redeliveries {} capture_duplicates {} (unseen entries {}) external_duplicates {} (applied {} repeated {} fenced {} missing {}) deleted_while_pending {}",
+            self.created,
+            self.effected,
+            self.lost,
+            self.duplicate_effects,
+            self.unexpected_effects,
+            self.dead_lettered,
+            self.handler_runs,
+            self.redeliveries,
+            self.capture_duplicates,
+            self.stream_entries_unseen,
+            self.external_duplicates,
+            self.external_applied,
+            self.external_repeated,
+            self.external_fenced,
+            self.external_missing,
+            self.deleted_while_pending
+        )
     }
 }
 
@@ -136,13 +343,15 @@ fn parse_hex_id(s: &str) -> Option<u128> {
 }
 
 async fn read_list(store: &Store, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
-    let mut c = store.conn.clone();
+    read_list_on(&mut store.conn.clone(), key).await
+}
+
+async fn read_list_on(c: &mut impl redis::aio::ConnectionLike, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
     let mut out = vec![];
     let step = 50_000isize;
     let mut start = 0isize;
     loop {
-        let chunk: Vec<Vec<u8>> =
-            redis::cmd("LRANGE").arg(key).arg(start).arg(start + step - 1).query_async(&mut c).await?;
+        let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(key).arg(start).arg(start + step - 1).query_async(c).await?;
         let n = chunk.len();
         out.extend(chunk);
         if (n as isize) < step {
@@ -152,34 +361,79 @@ async fn read_list(store: &Store, key: &str) -> crate::store::Result<Vec<Vec<u8>
     }
 }
 
-/// Dead-lettered event ids (from entries that still name a key and deadline).
-async fn dead_ids(store: &Store) -> crate::store::Result<Vec<u128>> {
+/// One dead-letter entry, as far as the oracle can read it.
+struct DeadRec {
+    /// The stream entry it came from.
+    entry: String,
+    /// Its event, when the entry still named a key and a deadline.
+    event: Option<u128>,
+    deleted_while_pending: bool,
+}
+
+async fn read_stream(store: &Store, key: &str) -> crate::store::Result<Vec<crate::store::RawEntry>> {
     let mut c = store.conn.clone();
     let mut out = vec![];
     let mut from = "-".to_string();
     loop {
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(&store.keys.dead)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut c)
-            .await?;
+        let v: redis::Value =
+            redis::cmd("XRANGE").arg(key).arg(&from).arg("+").arg("COUNT").arg(10_000).query_async(&mut c).await?;
         let entries = crate::store::parse_entries(&v)?;
         let Some(last) = entries.last() else { return Ok(out) };
         from = format!("({}", last.id);
-        for e in &entries {
-            let get = |n: &[u8]| e.fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-            if let (Some(k), Some(d)) = (get(b"f:k"), get(b"f:d")) {
-                if let Some(d) = std::str::from_utf8(&d).ok().and_then(|s| s.parse::<i64>().ok()) {
-                    if let Some(id) = parse_hex_id(&event_id(&k, d)) {
-                        out.push(id);
-                    }
-                }
+        out.extend(entries);
+    }
+}
+
+fn field<'a>(e: &'a crate::store::RawEntry, name: &[u8]) -> Option<&'a [u8]> {
+    e.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+}
+
+fn event_of(k: Option<&[u8]>, d: Option<&[u8]>) -> Option<u128> {
+    let d = std::str::from_utf8(d?).ok()?.parse::<i64>().ok()?;
+    parse_hex_id(&event_id(k?, d))
+}
+
+async fn dead_records(store: &Store) -> crate::store::Result<Vec<DeadRec>> {
+    Ok(read_stream(store, &store.keys.dead)
+        .await?
+        .iter()
+        .map(|e| DeadRec {
+            entry: field(e, b"entry").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+            event: event_of(field(e, b"f:k"), field(e, b"f:d")),
+            deleted_while_pending: field(e, b"reason") == Some(DELETED_WHILE_PENDING.as_bytes()),
+        })
+        .collect())
+}
+
+/// `XINFO STREAM`'s entries-added (0 when the stream does not exist).
+async fn entries_added(store: &Store) -> u64 {
+    let mut c = store.conn.clone();
+    let v: redis::RedisResult<redis::Value> =
+        redis::cmd("XINFO").arg("STREAM").arg(&store.keys.stream).query_async(&mut c).await;
+    let Ok(v) = v else { return 0 };
+    let pairs: Vec<(redis::Value, redis::Value)> = match v {
+        redis::Value::Map(m) => m,
+        redis::Value::Array(a) => a.chunks(2).filter(|p| p.len() == 2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+        _ => return 0,
+    };
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(n)) = (redis::from_redis_value::<String>(k), redis::from_redis_value::<u64>(v)) {
+            if k == "entries-added" {
+                return n;
             }
         }
     }
+    0
+}
+
+/// The witness database's run records, applied external writes and counts for the namespace.
+async fn read_witnesses(store: &Store) -> crate::store::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, HashMap<String, i64>)> {
+    let w = Witness::new(store);
+    let mut c = w.conn().await?;
+    let runs = read_list_on(&mut c, &w.keys.runs).await?;
+    let applied = read_list_on(&mut c, &w.keys.applied).await?;
+    let counts: HashMap<String, i64> = redis::cmd("HGETALL").arg(&w.keys.counts).query_async(&mut c).await?;
+    Ok((runs, applied, counts))
 }
 
 /// Compares the created and effects ledgers of `store`'s namespace.
@@ -232,13 +486,69 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
             Some(_) => {}
         }
     }
-    let dead = dead_ids(store).await?;
-    let dead_set: std::collections::HashSet<u128> = dead.iter().copied().collect();
+    // The witnesses: handler runs (event id, stream entry) and the external sink.
+    let (runs_raw, applied_raw, sink_counts) = read_witnesses(store).await?;
+    let mut entry_event: HashMap<String, u128> = HashMap::with_capacity(runs_raw.len());
+    let mut ran: std::collections::HashSet<u128> = std::collections::HashSet::with_capacity(runs_raw.len());
+    for rec in &runs_raw {
+        let s = String::from_utf8_lossy(rec);
+        let mut parts = s.split('|');
+        if let (Some(id), Some(entry)) = (parts.next().and_then(parse_hex_id), parts.next()) {
+            ran.insert(id);
+            entry_event.insert(entry.to_string(), id);
+        }
+    }
+    let dead = dead_records(store).await?;
+    let mut dead_set: std::collections::HashSet<u128> = std::collections::HashSet::new();
+    let mut deleted_while_pending = 0u64;
+    for d in &dead {
+        if d.deleted_while_pending {
+            deleted_while_pending += 1;
+            // What is still known of it: the event, if a handler ever ran for the entry.
+            if let Some(id) = entry_event.get(&d.entry) {
+                dead_set.insert(*id);
+            }
+        } else if let Some(id) = d.event {
+            dead_set.insert(id);
+            entry_event.entry(d.entry.clone()).or_insert(id);
+        }
+    }
+    for e in read_stream(store, &store.keys.stream).await? {
+        if let Some(id) = event_of(field(&e, b"k"), field(&e, b"d")) {
+            entry_event.entry(e.id.clone()).or_insert(id);
+        }
+    }
+    // Stream entries per event id: the tap, whatever the ledger decided about them.
+    let mut entries_per_event: HashMap<u128, u64> = HashMap::with_capacity(entry_event.len());
+    for id in entry_event.values() {
+        *entries_per_event.entry(*id).or_insert(0) += 1;
+    }
+    let capture_duplicates = entries_per_event.values().map(|n| n.saturating_sub(1)).sum();
+    let seen_entries = entry_event.len() as u64
+        + dead.iter().filter(|d| d.event.is_none() && !entry_event.contains_key(&d.entry)).count() as u64;
+    let added = entries_added(store).await;
+    let mut applied_per_key: HashMap<(String, String), u64> = HashMap::with_capacity(applied_raw.len());
+    let mut applied_events: std::collections::HashSet<u128> =
+        std::collections::HashSet::with_capacity(applied_raw.len());
+    for rec in &applied_raw {
+        let s = String::from_utf8_lossy(rec);
+        let mut parts = s.splitn(3, '|');
+        let (Some(id), Some(d), Some(k)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if let Some(id) = parse_hex_id(id) {
+            applied_events.insert(id);
+        }
+        *applied_per_key.entry((d.to_string(), k.to_string())).or_insert(0) += 1;
+    }
+    let external_duplicates = applied_per_key.values().map(|n| n.saturating_sub(1)).sum();
+    let external_missing = per_event.keys().filter(|id| !applied_events.contains(id)).count() as u64;
+    let effects_without_run = per_event.keys().filter(|id| !ran.contains(id)).count() as u64;
     let mut lost = 0u64;
     let mut lost_sample = vec![];
     let mut dead_lettered = 0u64;
+    let mut effected_and_dead_lettered = 0u64;
     for (id, (d, key)) in &created {
         if per_event.contains_key(id) {
+            effected_and_dead_lettered += u64::from(dead_set.contains(id));
             continue;
         }
         if dead_set.contains(id) {
@@ -270,7 +580,20 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
             duplicate_effects,
             unexpected_effects: unexpected,
             dead_lettered,
+            effected_and_dead_lettered,
             duplicates_suppressed: stats.get("duplicates_suppressed").copied().unwrap_or(0).max(0) as u64,
+            handler_runs: runs_raw.len() as u64,
+            redeliveries: (runs_raw.len() as u64).saturating_sub(effects_raw.len() as u64 + dead_lettered),
+            capture_duplicates,
+            stream_entries_added: added,
+            stream_entries_unseen: added.saturating_sub(seen_entries),
+            external_applied: applied_raw.len() as u64,
+            external_repeated: sink_counts.get("repeated").copied().unwrap_or(0).max(0) as u64,
+            external_fenced: sink_counts.get("fenced").copied().unwrap_or(0).max(0) as u64,
+            external_duplicates,
+            external_missing,
+            effects_without_run,
+            deleted_while_pending,
         },
         per_consumer: spread,
         deadline_to_capture_ms: Latency::of(to_capture),

@@ -245,6 +245,7 @@ impl Progress {
 /// Runs the whole pipeline on `store`'s namespace (wiped first) and judges it.
 pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Result<RunReport> {
     store.wipe().await?;
+    oracle::Witness::new(store).wipe().await?;
     store.ensure_group().await?;
     let notify = capture::ensure_notifications(store).await;
     if let capture::NotifyConfig::NotPermitted(e) = &notify {
@@ -368,19 +369,30 @@ impl RunReport {
         let o = &self.oracle;
         format!(
             "oracle: created {} effected {} lost {} duplicate_effects {} (unexpected {}, dead-lettered {}; library suppressed {} replays)\n\
+             witnesses: handler_runs {} redeliveries {} capture_duplicates {} (stream entries unseen {}) external_duplicates {} (applied {} repeated {} fenced {} missing {}) deleted_while_pending {}\n\
              rate: {:.0} keys/s over {:.1} s (drained: {})   max unexpired keys: {}\n\
              consumers: {} min {} max {} mean {:.1} spread {:.2}%\n\
              deadline->capture ms p50 {} p99 {} max {}   deadline->effect ms p50 {} p99 {} max {}\n\
              captured by listener {} sweeper {} write {}   redis peak memory {:.1} MiB\n\
              verdict: {}",
             o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered, o.duplicates_suppressed,
+            o.handler_runs, o.redeliveries, o.capture_duplicates, o.stream_entries_unseen, o.external_duplicates,
+            o.external_applied, o.external_repeated, o.external_fenced, o.external_missing, o.deleted_while_pending,
             self.rate_keys_per_s, self.wall_s, self.drained, self.max_unexpired,
             self.per_consumer.consumers, self.per_consumer.min, self.per_consumer.max, self.per_consumer.mean, self.per_consumer.spread_pct,
             self.deadline_to_capture_ms.p50, self.deadline_to_capture_ms.p99, self.deadline_to_capture_ms.max,
             self.deadline_to_effect_ms.p50, self.deadline_to_effect_ms.p99, self.deadline_to_effect_ms.max,
             self.captured.listener, self.captured.sweeper, self.captured.write,
             self.redis_peak_memory_bytes as f64 / 1048576.0,
-            if o.ok() && self.drained { "PASS (0 lost, 0 duplicate effects)" } else { "FAIL" },
+            if o.ok() && self.drained {
+                "PASS (0 lost, 0 duplicate effects, 0 dead letters, witnesses agree)".to_string()
+            } else {
+                let mut p = o.problems(0);
+                if !self.drained {
+                    p.push("did not drain".into());
+                }
+                format!("FAIL: {}", p.join("; "))
+            },
         )
     }
 }

@@ -403,3 +403,37 @@ fn the_preflight_refuses_exactly_what_redis_refuses() {
         "too one-sided: {refused} of {cases}"
     );
 }
+
+/// The blind spot, closed: a second stream entry for an event (what a broken capture dedup
+/// would write) is suppressed by the ledger, so the effects ledger shows no duplicate; the
+/// witnesses outside the commit path still see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_the_ledger_hides_is_seen_by_the_witnesses() {
+    let ctx = Ctx::new("blindspot").await;
+    let names: Vec<String> = (0..20).map(|i| format!("bs:{i}")).collect();
+    let spec: Vec<(&str, &str, u64)> = names.iter().map(|k| (k.as_str(), "v", 10)).collect();
+    let dls = ctx.create(&spec).await;
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig::default());
+    ctx.until("captured", WAIT, || async { ctx.stream().await.len() == 20 }).await;
+    // The same expiration captured twice.
+    add_entry(&ctx, "bs:3", dls[3]).await;
+    run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    ctx.until("drained", WAIT, || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    let c = expiry_stream::oracle::check(&ctx.store).await.unwrap();
+    let o = &c.oracle;
+    assert_eq!((o.created, o.effected, o.lost, o.duplicate_effects), (20, 20, 0, 0), "{o:?}");
+    assert_eq!(o.capture_duplicates, 1, "{o:?}");
+    assert_eq!(o.handler_runs, 21, "{o:?}");
+    assert_eq!(o.redeliveries, 1, "{o:?}");
+    assert_eq!(
+        (o.external_applied, o.external_repeated, o.external_duplicates, o.external_missing),
+        (20, 1, 0, 0),
+        "{o:?}"
+    );
+    assert_eq!(o.stream_entries_added, 21, "{o:?}");
+    assert_eq!(o.stream_entries_unseen, 0, "{o:?}");
+    assert!(!o.ok(), "a capture duplicate fails a fault-free verdict");
+    assert_eq!(o.problems(0), vec!["capture_duplicates = 1, expected 0".to_string()]);
+}
