@@ -351,7 +351,17 @@ async fn read_list_on(c: &mut impl redis::aio::ConnectionLike, key: &str) -> cra
     let step = 50_000isize;
     let mut start = 0isize;
     loop {
-        let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(key).arg(start).arg(start + step - 1).query_async(c).await?;
+        let chunk: Vec<Vec<u8>> =
+            match redis::cmd("LRANGE").arg(key).arg(start).arg(start + step - 1).query_async(c).await {
+                Ok(v) => v,
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    return Err(crate::store::StoreError::Reply {
+                        what: "the oracle's ledger",
+                        reply: format!("{key} is not a list (another program wrote it); the oracle cannot judge this namespace"),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
         let n = chunk.len();
         out.extend(chunk);
         if (n as isize) < step {

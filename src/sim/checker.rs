@@ -51,6 +51,9 @@ pub struct DeadLetterCauses {
     pub redeliveries: u64,
     /// Malformed entries injected.
     pub garbage: u64,
+    /// Copies of stream entries injected (replays and duplicates): a copy of an effected
+    /// event can be dead-lettered (the event is then both), a copy of garbage is malformed.
+    pub copies: u64,
 }
 
 #[derive(Default)]
@@ -182,8 +185,15 @@ impl Checker {
             ("handler refused", refused, causes.permanent),
             ("handler failed", failed, causes.transient),
             ("past max_deliveries", exceeded, causes.redeliveries),
-            ("malformed", malformed, causes.garbage),
+            ("malformed", malformed, causes.garbage + causes.copies),
         ];
+        if self.verdict.effected_and_dead_lettered > causes.copies {
+            self.illegitimate_dead_letters = Some(format!(
+                "{} events both effected and dead-lettered but only {} entry copies were injected",
+                self.verdict.effected_and_dead_lettered, causes.copies
+            ));
+            return;
+        }
         for (what, n, bound) in checks {
             if n > bound {
                 self.illegitimate_dead_letters =

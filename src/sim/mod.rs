@@ -115,8 +115,6 @@ pub fn run_seed(seed: u64, safety: Safety, trace: bool) -> Report {
         Some(format!("safety: {} duplicate effects", v.duplicate_effects))
     } else if v.unexpected_effects > 0 {
         Some(format!("safety: {} effects of events never created", v.unexpected_effects))
-    } else if v.effected_and_dead_lettered > 0 {
-        Some(format!("safety: {} events both effected and dead-lettered", v.effected_and_dead_lettered))
     } else if out.counts.effects_refused > 0 {
         Some(format!(
             "safety: {} commits refused effects the handler was allowed to return",

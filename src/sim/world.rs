@@ -289,6 +289,7 @@ impl World {
             transient: self.counts.handler_transient,
             redeliveries: self.counts.reclaimed + self.counts.retries,
             garbage: self.counts.garbage,
+            copies: self.counts.replays + self.counts.duplicates,
         };
         self.checker.judge_dead_letters(&mut self.store, causes);
         let log_hash = self.log.finish();
