@@ -69,7 +69,7 @@ fn commit(r: &Redis, who: &str, e: &RawEntry, token: u64, safety: Safety) -> Com
     let mut s = lock(r);
     let eff = effect(&s, &ev, who, &e.id);
     let item = CommitItem { entry_id: &e.id, token, event: &ev, effects: &eff };
-    s.commit(who, ledger(safety), &[item]).unwrap()[0]
+    s.commit(who, ledger(safety), &[item]).unwrap().remove(0)
 }
 
 // ------------------------------------------------------------------ capture
