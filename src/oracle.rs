@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::consume::{Delivery, Handler, HandlerError, HandlerFuture};
-use crate::core::{event_id, Effect, Event, DELETED_WHILE_PENDING};
+use crate::core::{event_id, Effect, Event, Via, DELETED_WHILE_PENDING};
 use crate::store::Store;
 
 pub fn now_ms() -> i64 {
@@ -76,10 +76,11 @@ impl Handler for RecordHandler {
 /// The sink's write: the run is recorded whatever happens; then the write is refused when a
 /// higher delivery count was seen for the event (fenced: a stale writer), applied once per
 /// event id (the idempotency key), and a repeated key is only counted.
-/// KEYS: runs, tokens, applied, counts. ARGV: event id, deadline, key, entry id, token, consumer.
+/// KEYS: runs, tokens, applied, counts. ARGV: event id, deadline, key, entry id, token, consumer,
+/// capture path (a run is recorded as `<event id>|<entry id>|<token>|<consumer>|<via>`).
 /// Returns 1 applied, 2 repeated key (not applied again), 0 fenced.
 const SINK_SCRIPT: &str = r"
-redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7])
 local seen = redis.call('HGET', KEYS[2], ARGV[1])
 if seen and tonumber(seen) > tonumber(ARGV[5]) then
   redis.call('HINCRBY', KEYS[4], 'fenced', 1)
@@ -174,7 +175,8 @@ impl Witness {
             .arg(event.key.as_slice())
             .arg(&d.entry_id)
             .arg(d.token)
-            .arg(&d.consumer);
+            .arg(&d.consumer)
+            .arg(event.via.tag());
         inv.invoke_async(&mut c).await
     }
 
@@ -336,6 +338,13 @@ pub struct Check {
     /// Effect times (ms) of every first effect, for time series.
     #[serde(skip)]
     pub effect_times: Vec<(i64, i64)>,
+    /// Handler runs whose commit did not win, by consumer: the run's event was effected from
+    /// another consumer or entry, or not at all (fenced, suppressed, crashed or refused work).
+    #[serde(skip)]
+    pub superseded_runs: BTreeMap<String, u64>,
+    /// Each effected created event's deadline, and the capture path of its first handler run.
+    #[serde(skip)]
+    pub captured_via: Vec<(i64, Via)>,
 }
 
 fn parse_hex_id(s: &str) -> Option<u128> {
@@ -357,7 +366,9 @@ async fn read_list_on(c: &mut impl redis::aio::ConnectionLike, key: &str) -> cra
                 Err(e) if e.code() == Some("WRONGTYPE") => {
                     return Err(crate::store::StoreError::Reply {
                         what: "the oracle's ledger",
-                        reply: format!("{key} is not a list (another program wrote it); the oracle cannot judge this namespace"),
+                        reply: format!(
+                            "{key} is not a list (another program wrote it); the oracle cannot judge this namespace"
+                        ),
                     })
                 }
                 Err(e) => return Err(e.into()),
@@ -468,6 +479,7 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let mut per_consumer: BTreeMap<String, u64> = BTreeMap::new();
     let (mut to_capture, mut to_effect, mut times) = (vec![], vec![], vec![]);
     let mut unexpected = 0u64;
+    let mut winners: std::collections::HashSet<(u128, String, String)> = std::collections::HashSet::new();
     for rec in &effects_raw {
         let s = String::from_utf8_lossy(rec);
         let parts: Vec<&str> = s.split('|').collect();
@@ -475,6 +487,9 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
             unexpected += 1;
             continue;
         };
+        if let (Some(c), Some(e)) = (parts.get(1), parts.get(2)) {
+            winners.insert((id, c.to_string(), e.to_string()));
+        }
         let n = per_event.entry(id).or_insert(0);
         *n += 1;
         if let Some(c) = parts.get(1) {
@@ -500,14 +515,28 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let (runs_raw, applied_raw, sink_counts) = read_witnesses(store).await?;
     let mut entry_event: HashMap<String, u128> = HashMap::with_capacity(runs_raw.len());
     let mut ran: std::collections::HashSet<u128> = std::collections::HashSet::with_capacity(runs_raw.len());
+    let mut superseded_runs: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_via: HashMap<u128, Via> = HashMap::new();
     for rec in &runs_raw {
         let s = String::from_utf8_lossy(rec);
-        let mut parts = s.split('|');
-        if let (Some(id), Some(entry)) = (parts.next().and_then(parse_hex_id), parts.next()) {
-            ran.insert(id);
-            entry_event.insert(entry.to_string(), id);
+        let parts: Vec<&str> = s.split('|').collect();
+        let (Some(id), Some(entry)) = (parts.first().and_then(|p| parse_hex_id(p)), parts.get(1)) else { continue };
+        ran.insert(id);
+        entry_event.insert(entry.to_string(), id);
+        if let Some(consumer) = parts.get(3) {
+            if !winners.contains(&(id, consumer.to_string(), entry.to_string())) {
+                *superseded_runs.entry(consumer.to_string()).or_insert(0) += 1;
+            }
+        }
+        if let Some(v) = parts.get(4).and_then(|v| Via::from_tag(v.as_bytes())) {
+            first_via.entry(id).or_insert(v);
         }
     }
+    let captured_via: Vec<(i64, Via)> = created
+        .iter()
+        .filter(|(id, _)| per_event.contains_key(*id))
+        .filter_map(|(id, (d, _))| first_via.get(id).map(|v| (*d, *v)))
+        .collect();
     let dead = dead_records(store).await?;
     let mut dead_set: std::collections::HashSet<u128> = std::collections::HashSet::new();
     let mut deleted_while_pending = 0u64;
@@ -610,6 +639,8 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
         deadline_to_effect_ms: Latency::of(to_effect),
         lost_sample,
         effect_times: times,
+        superseded_runs,
+        captured_via,
     })
 }
 

@@ -17,6 +17,78 @@ use crate::core::{encode_entry, event_id, Event, Via};
 use crate::provision::RedisServer;
 use crate::store::Store;
 
+/// What a fault touched: the processes it paused or armed, and the outages it caused
+/// (Unix ms, from the fault's start to the end of its restart).
+#[derive(Clone, Debug, Default)]
+pub struct Evidence {
+    pub pids: Vec<u32>,
+    pub windows: Vec<(i64, i64)>,
+}
+
+/// Whether each fault bit: had an effect that would have caused a loss or a duplicate if the
+/// code were wrong. Judged after the run from the oracle's witnesses, never from library
+/// counters; adds the evidence to the fault's counts and returns, per fault, what was required
+/// and whether it held.
+pub fn bite(
+    s: &Scenario,
+    reports: &mut [FaultReport],
+    evidence: &[Evidence],
+    check: &crate::oracle::Check,
+) -> Vec<(String, bool)> {
+    let superseded_by = |pids: &[u32]| -> u64 {
+        check
+            .superseded_runs
+            .iter()
+            .filter(|(c, _)| pids.iter().any(|p| c.contains(&format!("-{p}-"))))
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let in_outage = |ev: &Evidence, via: Via| -> u64 {
+        check.captured_via.iter().filter(|(d, v)| *v == via && ev.windows.iter().any(|(a, b)| a <= d && d <= b)).count()
+            as u64
+    };
+    let superseded_all: u64 = check.superseded_runs.values().sum();
+    let mut out = vec![];
+    for (i, (f, r)) in s.faults.iter().zip(reports.iter_mut()).enumerate() {
+        let ev = evidence.get(i).cloned().unwrap_or_default();
+        let c = |r: &FaultReport, n: &str| r.counts.get(n).copied().unwrap_or(0);
+        let (what, ok) = match (f.kind, f.mode.as_deref()) {
+            (FaultKind::KillConsumer, _) => ("kills_mid_batch >= 1", c(r, "kills_mid_batch") > 0),
+            (FaultKind::CrashMidBatch, _) => ("aborts_observed >= 1", c(r, "aborts_observed") > 0),
+            (FaultKind::StopConsumer, _) => {
+                r.counts.insert("runs_superseded".into(), superseded_by(&ev.pids));
+                (
+                    "entries_held_at_stop >= 1 and runs_superseded >= 1",
+                    c(r, "entries_held_at_stop") > 0 && c(r, "runs_superseded") > 0,
+                )
+            }
+            (FaultKind::DelayAcks, _) => {
+                r.counts.insert("runs_superseded".into(), superseded_by(&ev.pids));
+                ("runs_superseded >= 1", c(r, "runs_superseded") > 0)
+            }
+            (FaultKind::Replay, Some("setid") | Some("xclaim")) => {
+                r.counts.insert("runs_superseded".into(), superseded_all);
+                ("runs_superseded >= 1 (in the run)", superseded_all > 0)
+            }
+            (FaultKind::Replay, _) => {
+                r.counts.insert("capture_duplicates".into(), check.oracle.capture_duplicates);
+                ("capture_duplicates >= 1 (replays reached handlers)", check.oracle.capture_duplicates > 0)
+            }
+            (FaultKind::KillListener | FaultKind::NoListener, _) => {
+                r.counts.insert("captured_by_sweeper_in_outage".into(), in_outage(&ev, Via::Sweeper));
+                ("captured_by_sweeper_in_outage >= 1", c(r, "captured_by_sweeper_in_outage") > 0)
+            }
+            (FaultKind::KillSweeper, _) => {
+                r.counts.insert("captured_by_listener_in_outage".into(), in_outage(&ev, Via::Notification));
+                ("captured_by_listener_in_outage >= 1", c(r, "captured_by_listener_in_outage") > 0)
+            }
+            _ => ("fired >= 1", r.fired > 0),
+        };
+        out.push((format!("fault[{i}] {}: {what}", f.kind), ok));
+    }
+    out
+}
+
 /// Every firing of every fault, with its targets, from the seed alone.
 pub fn plan(s: &Scenario) -> Vec<Firing> {
     let mut rng = fastrand::Rng::with_seed(s.seed);
@@ -83,6 +155,8 @@ pub struct Ctx {
     /// `consume` and `capture` do when Redis is unreachable at startup).
     pub gate: Arc<tokio::sync::RwLock<()>>,
     pub reports: Mutex<Vec<FaultReport>>,
+    /// What each fault touched, for judging afterwards whether it bit ([`bite`]).
+    pub evidence: Mutex<Vec<Evidence>>,
     pub restarts: Mutex<Vec<RestartObs>>,
     /// Payload of workload key `i` (to replay faithful copies of entries).
     pub payload_for: fn(u64, usize) -> Vec<u8>,
@@ -93,6 +167,14 @@ impl Ctx {
         let mut r = self.reports.lock().unwrap();
         *r[fault].counts.entry(what.to_string()).or_insert(0) += n;
     }
+    fn evidence(&self, fault: usize, f: impl FnOnce(&mut Evidence)) {
+        let mut e = self.evidence.lock().unwrap();
+        if e.len() <= fault {
+            e.resize(fault + 1, Evidence::default());
+        }
+        f(&mut e[fault]);
+    }
+
     fn fired(&self, fault: usize) {
         self.reports.lock().unwrap()[fault].fired += 1;
     }
@@ -162,6 +244,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
             FaultKind::KillConsumer | FaultKind::KillListener | FaultKind::KillSweeper => {
                 let role = f.kind.role().expect("role");
                 let mut killed = vec![];
+                let down_from = crate::oracle::now_ms();
                 for &t in &f.targets {
                     wait_alive(&ctx.procs, role, t).await;
                     let pid = ctx.procs.lock().unwrap().kill9(role, t);
@@ -183,9 +266,13 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.fired(i);
                 }
                 tokio::time::sleep(restart_after).await;
+                let any = !killed.is_empty();
                 for t in killed {
                     procs::start(&ctx.procs, &ctx.gate, role, t).await?;
                     ctx.count(i, "restarts", 1);
+                }
+                if any {
+                    ctx.evidence(i, |e| e.windows.push((down_from, crate::oracle::now_ms())));
                 }
             }
             FaultKind::CrashMidBatch => {
@@ -224,6 +311,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         let pid = ctx.procs.lock().unwrap().pid(Role::Consumer, t);
                         if let Some(pid) = pid {
                             ctx.count(i, "entries_held_at_stop", held_by(&ctx.store, pid).await);
+                            ctx.evidence(i, |e| e.pids.push(pid));
                         }
                         stopped.push(t);
                     }
@@ -250,6 +338,9 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
                     procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                     ctx.count(i, "processes_armed", 1);
+                    if let Some(pid) = ctx.procs.lock().unwrap().pid(Role::Consumer, t) {
+                        ctx.evidence(i, |e| e.pids.push(pid));
+                    }
                 }
                 if !f.targets.is_empty() {
                     ctx.fired(i);
@@ -274,6 +365,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     stopped += 1;
                 }
                 let down = Instant::now();
+                let down_from = crate::oracle::now_ms();
                 ctx.count(i, "listeners_stopped", stopped);
                 if stopped > 0 {
                     ctx.fired(i);
@@ -284,6 +376,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 ctx.count(i, "listeners_restarted", n as u64);
                 ctx.count(i, "outage_ms", down.elapsed().as_millis() as u64);
+                ctx.evidence(i, |e| e.windows.push((down_from, crate::oracle::now_ms())));
             }
             FaultKind::RestartRedis => {
                 let _gate = ctx.gate.write().await;
@@ -594,15 +687,20 @@ pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] 
     match kind {
         FaultKind::KillConsumer => &["sigkill_delivered", "entries_held_at_kill", "kills_mid_batch", "restarts"],
         FaultKind::CrashMidBatch => &["processes_armed", "aborts_observed"],
-        FaultKind::StopConsumer => &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered"],
-        FaultKind::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile"],
+        FaultKind::StopConsumer => {
+            &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered", "runs_superseded"]
+        }
+        FaultKind::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile", "runs_superseded"],
         FaultKind::Replay => match mode {
-            Some("setid") => &["setid_calls", "entries_rewound"],
-            Some("xclaim") => &["entries_force_claimed"],
-            _ => &["entries_readded"],
+            Some("setid") => &["setid_calls", "entries_rewound", "runs_superseded"],
+            Some("xclaim") => &["entries_force_claimed", "runs_superseded"],
+            _ => &["entries_readded", "capture_duplicates"],
         },
-        FaultKind::KillListener | FaultKind::KillSweeper => &["sigkill_delivered", "restarts"],
-        FaultKind::NoListener => &["listeners_stopped", "listeners_restarted", "outage_ms"],
+        FaultKind::KillListener => &["sigkill_delivered", "restarts", "captured_by_sweeper_in_outage"],
+        FaultKind::KillSweeper => &["sigkill_delivered", "restarts", "captured_by_listener_in_outage"],
+        FaultKind::NoListener => {
+            &["listeners_stopped", "listeners_restarted", "outage_ms", "captured_by_sweeper_in_outage"]
+        }
         FaultKind::RestartRedis => &["restarts", "created_rolled_back", "effects_rolled_back"],
         FaultKind::ClientKill => &["clients_killed"],
         FaultKind::PauseRedis => match mode {

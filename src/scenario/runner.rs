@@ -164,6 +164,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         store: store.clone(),
         gate: Arc::new(tokio::sync::RwLock::new(())),
         reports: Mutex::new(faults::empty_reports(s)),
+        evidence: Mutex::new(vec![faults::Evidence::default(); s.faults.len()]),
         restarts: Mutex::new(vec![]),
         payload_for,
     });
@@ -300,7 +301,9 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         let p = procs.lock().unwrap();
         (p.exits.clone(), p.spawned)
     };
-    let fault_reports = ctx.reports.lock().unwrap().clone();
+    let mut fault_reports = ctx.reports.lock().unwrap().clone();
+    let evidence = ctx.evidence.lock().unwrap().clone();
+    let bites = faults::bite(s, &mut fault_reports, &evidence, &check);
     let unexpected: Vec<_> = exits.into_iter().filter(|x| !x.injected).collect();
 
     let o = &check.oracle;
@@ -319,6 +322,12 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
     judge("duplicate_effects", &e.duplicate_effects, o.duplicate_effects);
     judge("unexpected_effects", &e.unexpected_effects, o.unexpected_effects);
     judge("dead_lettered", &e.dead_lettered, o.dead_lettered);
+    judge("effected_and_dead_lettered", &e.effected_and_dead_lettered, o.effected_and_dead_lettered);
+    judge("capture_duplicates", &e.capture_duplicates, o.capture_duplicates);
+    judge("external_duplicates", &e.external_duplicates, o.external_duplicates);
+    judge("external_missing", &e.external_missing, o.external_missing);
+    judge("effects_without_run", &e.effects_without_run, o.effects_without_run);
+    judge("deleted_while_pending", &e.deleted_while_pending, o.deleted_while_pending);
     judge("acknowledged_lost", &e.acknowledged_lost, acked.lost);
     judge("effects_rolled_back", &e.effects_rolled_back, acked.effects_rolled_back);
     expectations.push(ExpectationResult {
@@ -346,6 +355,14 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         expected: "true".into(),
         actual: if not_fired.is_empty() { "true".into() } else { format!("false ({})", not_fired.join(", ")) },
         ok: not_fired.is_empty(),
+        stable: true,
+    });
+    let no_bite: Vec<String> = bites.iter().filter(|(_, ok)| !ok).map(|(w, _)| w.clone()).collect();
+    expectations.push(ExpectationResult {
+        name: "every_fault_bit".into(),
+        expected: "true".into(),
+        actual: if no_bite.is_empty() { "true".into() } else { format!("false (not met: {})", no_bite.join("; ")) },
+        ok: no_bite.is_empty(),
         stable: true,
     });
     expectations.push(ExpectationResult {

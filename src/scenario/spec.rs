@@ -512,6 +512,24 @@ pub struct Expect {
     /// Effects observed before a Redis restart and gone after it.
     #[serde(default = "zero")]
     pub effects_rolled_back: Bound,
+    /// Created events with an effect and a dead-letter entry both.
+    #[serde(default = "zero")]
+    pub effected_and_dead_lettered: Bound,
+    /// Stream entries beyond one per event id, as the witnesses saw them (replays add some).
+    #[serde(default = "zero")]
+    pub capture_duplicates: Bound,
+    /// External sink applications beyond one per (key, deadline).
+    #[serde(default = "zero")]
+    pub external_duplicates: Bound,
+    /// Effected events with no external write applied.
+    #[serde(default = "zero")]
+    pub external_missing: Bound,
+    /// Effects with no recorded handler run.
+    #[serde(default = "zero")]
+    pub effects_without_run: Bound,
+    /// Pending entries deleted from the stream under the consumers.
+    #[serde(default = "zero")]
+    pub deleted_while_pending: Bound,
 }
 
 fn zero() -> Bound {
@@ -527,6 +545,12 @@ impl Default for Expect {
             dead_lettered: zero(),
             acknowledged_lost: zero(),
             effects_rolled_back: zero(),
+            effected_and_dead_lettered: zero(),
+            capture_duplicates: zero(),
+            external_duplicates: zero(),
+            external_missing: zero(),
+            effects_without_run: zero(),
+            deleted_while_pending: zero(),
         }
     }
 }
