@@ -192,6 +192,12 @@ enum Cmd {
     Sim(expiry_stream::sim::SimArgs),
     /// Chaos scenarios against real Redis: `scenario run FILE`.
     Scenario(expiry_stream::scenario::ScenarioArgs),
+    /// What a namespace holds now: backlog, dead letters by reason, the library's counters
+    /// (deleted_while_pending, effects_refused, ...). Reads only; exits 0.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
     /// The oracle over a namespace: created vs effected, and the witnesses outside the commit
     /// path. Exits 1 on loss, duplicates, a disagreeing witness, or dead letters other than expected.
     Check {
@@ -410,6 +416,26 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Sim(args) => std::process::exit(expiry_stream::sim::main(args).await?),
         Cmd::Scenario(args) => std::process::exit(expiry_stream::scenario::main(args).await?),
+        Cmd::Status { common } => {
+            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let b = store.backlog().await?;
+            println!(
+                "namespace {}: tracked keys {}, stream entries {}, pending {}",
+                common.ns, b.tracked, b.stream_len, b.pending
+            );
+            let dead = store.dead_letter_kinds().await?;
+            println!("dead letters: {}", dead.values().sum::<u64>());
+            for (kind, n) in &dead {
+                println!("  {n:>8}  {kind}");
+            }
+            let stats: std::collections::BTreeMap<String, i64> = store.stats().await?.into_iter().collect();
+            let line: Vec<String> = stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("library counters: {}", line.join(", "));
+            let deleted = stats.get("deleted_while_pending").copied().unwrap_or(0);
+            if deleted > 0 {
+                println!("WARNING: {deleted} pending entries were deleted from the stream by another program (see the dead letters)");
+            }
+        }
         Cmd::Check { common, expect_dead_letters, json } => {
             let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
             let c = oracle::check(&store).await?;

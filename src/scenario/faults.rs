@@ -17,11 +17,12 @@ use crate::core::{encode_entry, event_id, Event, Via};
 use crate::provision::RedisServer;
 use crate::store::Store;
 
-/// What a fault touched: the processes it paused or armed, and the outages it caused
-/// (Unix ms, from the fault's start to the end of its restart).
+/// What a fault touched: the consumer process slots it paused or armed (every incarnation of
+/// slot `t` names its consumers `c<t>-…`), and the outages it caused (Unix ms, from the
+/// fault's start to the end of its restart).
 #[derive(Clone, Debug, Default)]
 pub struct Evidence {
-    pub pids: Vec<u32>,
+    pub slots: Vec<usize>,
     pub windows: Vec<(i64, i64)>,
 }
 
@@ -35,17 +36,22 @@ pub fn bite(
     evidence: &[Evidence],
     check: &crate::oracle::Check,
 ) -> Vec<(String, bool)> {
-    let superseded_by = |pids: &[u32]| -> u64 {
+    let superseded_by = |slots: &[usize]| -> u64 {
         check
             .superseded_runs
             .iter()
-            .filter(|(c, _)| pids.iter().any(|p| c.contains(&format!("-{p}-"))))
+            .filter(|(c, _)| slots.iter().any(|t| c.starts_with(&format!("c{t}-"))))
             .map(|(_, n)| *n)
             .sum()
     };
-    let in_outage = |ev: &Evidence, via: Via| -> u64 {
-        check.captured_via.iter().filter(|(d, v)| *v == via && ev.windows.iter().any(|(a, b)| a <= d && d <= b)).count()
-            as u64
+    // Expirations due while part of the capture layer was down, captured all the same (by
+    // `via`, or by any path when None): what the surviving path did.
+    let in_outage = |ev: &Evidence, via: Option<Via>| -> u64 {
+        check
+            .captured_via
+            .iter()
+            .filter(|(d, v)| via.is_none_or(|w| *v == w) && ev.windows.iter().any(|(a, b)| a <= d && d <= b))
+            .count() as u64
     };
     let superseded_all: u64 = check.superseded_runs.values().sum();
     let mut out = vec![];
@@ -56,14 +62,14 @@ pub fn bite(
             (FaultKind::KillConsumer, _) => ("kills_mid_batch >= 1", c(r, "kills_mid_batch") > 0),
             (FaultKind::CrashMidBatch, _) => ("aborts_observed >= 1", c(r, "aborts_observed") > 0),
             (FaultKind::StopConsumer, _) => {
-                r.counts.insert("runs_superseded".into(), superseded_by(&ev.pids));
+                r.counts.insert("runs_superseded".into(), superseded_by(&ev.slots));
                 (
                     "entries_held_at_stop >= 1 and runs_superseded >= 1",
                     c(r, "entries_held_at_stop") > 0 && c(r, "runs_superseded") > 0,
                 )
             }
             (FaultKind::DelayAcks, _) => {
-                r.counts.insert("runs_superseded".into(), superseded_by(&ev.pids));
+                r.counts.insert("runs_superseded".into(), superseded_by(&ev.slots));
                 ("runs_superseded >= 1", c(r, "runs_superseded") > 0)
             }
             (FaultKind::Replay, Some("setid") | Some("xclaim")) => {
@@ -74,13 +80,14 @@ pub fn bite(
                 r.counts.insert("capture_duplicates".into(), check.oracle.capture_duplicates);
                 ("capture_duplicates >= 1 (replays reached handlers)", check.oracle.capture_duplicates > 0)
             }
-            (FaultKind::KillListener | FaultKind::NoListener, _) => {
-                r.counts.insert("captured_by_sweeper_in_outage".into(), in_outage(&ev, Via::Sweeper));
-                ("captured_by_sweeper_in_outage >= 1", c(r, "captured_by_sweeper_in_outage") > 0)
+            (FaultKind::KillListener | FaultKind::KillSweeper, _) => {
+                // The survivor is the other listener or sweeper of the same kind, or the other path.
+                r.counts.insert("captured_in_outage".into(), in_outage(&ev, None));
+                ("captured_in_outage >= 1", c(r, "captured_in_outage") > 0)
             }
-            (FaultKind::KillSweeper, _) => {
-                r.counts.insert("captured_by_listener_in_outage".into(), in_outage(&ev, Via::Notification));
-                ("captured_by_listener_in_outage >= 1", c(r, "captured_by_listener_in_outage") > 0)
+            (FaultKind::NoListener, _) => {
+                r.counts.insert("captured_by_sweeper_in_outage".into(), in_outage(&ev, Some(Via::Sweeper)));
+                ("captured_by_sweeper_in_outage >= 1", c(r, "captured_by_sweeper_in_outage") > 0)
             }
             _ => ("fired >= 1", r.fired > 0),
         };
@@ -311,8 +318,8 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                         let pid = ctx.procs.lock().unwrap().pid(Role::Consumer, t);
                         if let Some(pid) = pid {
                             ctx.count(i, "entries_held_at_stop", held_by(&ctx.store, pid).await);
-                            ctx.evidence(i, |e| e.pids.push(pid));
                         }
+                        ctx.evidence(i, |e| e.slots.push(t));
                         stopped.push(t);
                     }
                 }
@@ -338,9 +345,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     procs::stop(&ctx.procs, Role::Consumer, t, grace).await;
                     procs::start(&ctx.procs, &ctx.gate, Role::Consumer, t).await?;
                     ctx.count(i, "processes_armed", 1);
-                    if let Some(pid) = ctx.procs.lock().unwrap().pid(Role::Consumer, t) {
-                        ctx.evidence(i, |e| e.pids.push(pid));
-                    }
+                    ctx.evidence(i, |e| e.slots.push(t));
                 }
                 if !f.targets.is_empty() {
                     ctx.fired(i);
@@ -696,8 +701,7 @@ pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] 
             Some("xclaim") => &["entries_force_claimed", "runs_superseded"],
             _ => &["entries_readded", "capture_duplicates"],
         },
-        FaultKind::KillListener => &["sigkill_delivered", "restarts", "captured_by_sweeper_in_outage"],
-        FaultKind::KillSweeper => &["sigkill_delivered", "restarts", "captured_by_listener_in_outage"],
+        FaultKind::KillListener | FaultKind::KillSweeper => &["sigkill_delivered", "restarts", "captured_in_outage"],
         FaultKind::NoListener => {
             &["listeners_stopped", "listeners_restarted", "outage_ms", "captured_by_sweeper_in_outage"]
         }

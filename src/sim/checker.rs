@@ -37,6 +37,10 @@ pub struct Verdict {
     pub dead_lettered: u64,
     /// Created events with an effect and also a dead-letter entry: a contradiction.
     pub effected_and_dead_lettered: u64,
+    /// Handler runs, witnessed as they start (outside the commit path).
+    pub handler_runs: u64,
+    /// Stream entries beyond one per event id among those handlers ran on.
+    pub capture_duplicates: u64,
 }
 
 /// How many dead letters each legitimate cause can explain: a dead letter whose reason no
@@ -54,6 +58,9 @@ pub struct DeadLetterCauses {
     /// Copies of stream entries injected (replays and duplicates): a copy of an effected
     /// event can be dead-lettered (the event is then both), a copy of garbage is malformed.
     pub copies: u64,
+    /// Redis restarts: a persistence rollback forgets captures (the index entry comes back and
+    /// is captured again), so capture duplicates are then explained.
+    pub restarts: u64,
 }
 
 #[derive(Default)]
@@ -67,8 +74,12 @@ pub struct Checker {
     pub violation: Option<String>,
     pub verdict: Verdict,
     pub lost_sample: Vec<String>,
-    /// Set by [`Checker::judge_dead_letters`] when the dead letters exceed their causes.
-    pub illegitimate_dead_letters: Option<String>,
+    /// Set by [`Checker::judge_dead_letters`] when dead letters or stream copies exceed what
+    /// the injected faults explain.
+    pub unexplained: Option<String>,
+    /// Stream entries each event's handler runs came from (the witness of capture duplicates).
+    runs: BTreeMap<String, BTreeSet<String>>,
+    handler_runs: u64,
 }
 
 impl Checker {
@@ -158,6 +169,12 @@ impl Checker {
         })
     }
 
+    /// Witnesses a handler run on stream entry `entry` of event `event_id`.
+    pub fn handler_run(&mut self, event_id: &str, entry: &str) {
+        self.handler_runs += 1;
+        self.runs.entry(event_id.to_string()).or_default().insert(entry.to_string());
+    }
+
     /// Dead letters are not success: each reason class is bounded by the faults that can cause
     /// it, and a reason no injected fault explains (effects refused, partially applied, deleted
     /// while pending, anything unknown) is a failure.
@@ -177,7 +194,7 @@ impl Checker {
             } else if reason.starts_with("malformed entry: ") {
                 malformed += 1;
             } else {
-                self.illegitimate_dead_letters = Some(format!("dead letter with no injected cause: {reason:?}"));
+                self.unexplained = Some(format!("dead letter with no injected cause: {reason:?}"));
                 return;
             }
         }
@@ -187,8 +204,17 @@ impl Checker {
             ("past max_deliveries", exceeded, causes.redeliveries),
             ("malformed", malformed, causes.garbage + causes.copies),
         ];
+        // Capture dedup, judged outside the ledger: more entries of one event than were
+        // injected as copies means capture emitted twice.
+        if causes.restarts == 0 && self.verdict.capture_duplicates > causes.copies {
+            self.unexplained = Some(format!(
+                "{} stream entries beyond one per event reached handlers but only {} copies were injected",
+                self.verdict.capture_duplicates, causes.copies
+            ));
+            return;
+        }
         if self.verdict.effected_and_dead_lettered > causes.copies {
-            self.illegitimate_dead_letters = Some(format!(
+            self.unexplained = Some(format!(
                 "{} events both effected and dead-lettered but only {} entry copies were injected",
                 self.verdict.effected_and_dead_lettered, causes.copies
             ));
@@ -196,7 +222,7 @@ impl Checker {
         }
         for (what, n, bound) in checks {
             if n > bound {
-                self.illegitimate_dead_letters =
+                self.unexplained =
                     Some(format!("{n} dead letters \"{what}\" but the faults injected can explain only {bound}"));
                 return;
             }
@@ -245,6 +271,8 @@ impl Checker {
                 v.unexpected_effects += u64::from(*n);
             }
         }
+        v.handler_runs = self.handler_runs;
+        v.capture_duplicates = self.runs.values().map(|e| (e.len() as u64).saturating_sub(1)).sum();
         self.verdict = v;
     }
 }

@@ -120,7 +120,7 @@ pub fn run_seed(seed: u64, safety: Safety, trace: bool) -> Report {
             "safety: {} commits refused effects the handler was allowed to return",
             out.counts.effects_refused
         ))
-    } else if let Some(why) = &out.checker.illegitimate_dead_letters {
+    } else if let Some(why) = &out.checker.unexplained {
         Some(format!("safety: {why}"))
     } else if !out.drained {
         Some("liveness: did not drain after faults stopped".into())

@@ -290,6 +290,7 @@ impl World {
             redeliveries: self.counts.reclaimed + self.counts.retries,
             garbage: self.counts.garbage,
             copies: self.counts.replays + self.counts.duplicates,
+            restarts: self.counts.restarts,
         };
         self.checker.judge_dead_letters(&mut self.store, causes);
         let log_hash = self.log.finish();
@@ -785,6 +786,8 @@ impl World {
         let f = self.opts.faults.clone();
         let (w, ev) = self.consumers[i].current.take().expect("handling something");
         let name = self.consumers[i].name.clone();
+        // The witness outside the commit path: every run, before the handler decides.
+        self.checker.handler_run(&ev.event_id, &w.entry.id);
         let result = if self.pm(f.handler_permanent) {
             self.counts.handler_permanent += 1;
             Err(HandlerError::Permanent("refused".into()))

@@ -194,6 +194,19 @@ async fn pending_entries_deleted_from_the_stream_are_dead_lettered_not_lost() {
     }
     let stats = ctx.store.stats().await.unwrap();
     assert_eq!(stats.get("deleted_while_pending"), Some(&2), "{stats:?}");
+    // `check` counts them from the dead-letter stream, and a fault-free verdict fails on them;
+    // `status` shows them by reason.
+    let c = expiry_stream::oracle::check(&ctx.store).await.unwrap();
+    assert_eq!(c.oracle.deleted_while_pending, 2, "{:?}", c.oracle);
+    assert!(!c.oracle.ok());
+    let kinds = ctx.store.dead_letter_kinds().await.unwrap();
+    assert_eq!(
+        kinds.get(
+            "deleted from the stream while pending (XDEL, XTRIM or MAXLEN by another program); its content is gone"
+        ),
+        Some(&2),
+        "{kinds:?}"
+    );
 }
 
 // ----- The pre-flight against Redis itself -----
