@@ -639,4 +639,47 @@ mod tests {
         assert!(parse_xread(&Value::Int(3)).is_err());
         assert!(parse_entries(&Value::Array(vec![Value::Array(vec![Value::Nil])])).is_err());
     }
+
+    /// An unexpected reply's text is cut for the error message. The cut must land on a
+    /// character boundary whatever the reply holds: `bulk-string('"` is 14 bytes, then one
+    /// ASCII byte puts every 2-byte `é` at an odd offset, so byte 200 falls inside one.
+    #[test]
+    fn an_unexpected_reply_with_multibyte_text_is_cut_without_a_panic() {
+        let text = format!("a{}", "é".repeat(150));
+        let v = Value::BulkString(text.into_bytes());
+        let full = format!("{v:?}");
+        assert!(!full.is_char_boundary(200), "the test must put byte 200 inside a character");
+        let StoreError::Reply { reply, .. } = bad("XREADGROUP", &v) else { panic!("not a reply error") };
+        assert!(reply.len() <= 200 + "...".len(), "{} bytes", reply.len());
+        assert!(full.starts_with(reply.trim_end_matches("...")), "the cut text is a prefix of the reply");
+        // Every parser that reports such a reply returns the error, never panics.
+        assert!(parse_xread(&v).is_err());
+        assert!(parse_entries(&v).is_err());
+        // Short replies are kept whole, 3- and 4-byte characters are cut cleanly too.
+        let StoreError::Reply { reply, .. } = bad("x", &Value::Int(7)) else { panic!() };
+        assert_eq!(reply, "int(7)");
+        for c in ["€", "𝄞"] {
+            for lead in 0..4 {
+                let v = Value::BulkString(format!("{}{}", "a".repeat(lead), c.repeat(100)).into_bytes());
+                let _ = bad("x", &v);
+            }
+        }
+    }
+
+    /// The inputs that once crashed the `stream_reply` fuzz target (fuzz/regressions/), replayed
+    /// here too so `cargo test` catches a regression without cargo-fuzz.
+    #[test]
+    fn fuzz_regressions_of_stream_reply_do_not_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/stream_reply");
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir).expect("fuzz/regressions/stream_reply") {
+            let data = std::fs::read(f.unwrap().path()).unwrap();
+            if let Ok(v) = redis::parse_redis_value(&data) {
+                let _ = parse_xread(&v);
+                let _ = parse_entries(&v);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no regression inputs in {}", dir.display());
+    }
 }
