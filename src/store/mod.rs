@@ -98,10 +98,26 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Longest text of an unexpected reply kept in an error message, in bytes.
+const REPLY_TEXT_MAX: usize = 200;
+
 fn bad(what: &'static str, v: &Value) -> StoreError {
-    let mut reply = format!("{v:?}");
-    reply.truncate(200);
-    StoreError::Reply { what, reply }
+    StoreError::Reply { what, reply: clip_text(&format!("{v:?}"), REPLY_TEXT_MAX) }
+}
+
+/// `s` cut to at most `max` bytes, with `...` appended when anything was cut. The cut moves
+/// back to the previous character boundary: text from outside (a reply's Debug form keeps
+/// non-ASCII characters as they are) can put byte `max` inside a multi-byte character, where
+/// `String::truncate` and `&s[..max]` panic.
+pub fn clip_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// A stream entry as read, before decoding.
@@ -663,6 +679,19 @@ mod tests {
                 let v = Value::BulkString(format!("{}{}", "a".repeat(lead), c.repeat(100)).into_bytes());
                 let _ = bad("x", &v);
             }
+        }
+    }
+
+    #[test]
+    fn clip_text_cuts_only_at_character_boundaries() {
+        assert_eq!(clip_text("abc", 3), "abc");
+        assert_eq!(clip_text("abcd", 3), "abc...");
+        // 'é' is bytes 1..3: a cut at 2 moves back to 1.
+        assert_eq!(clip_text("aé", 2), "a...");
+        assert_eq!(clip_text("€", 1), "...");
+        for max in 0..12 {
+            let s = clip_text("a€𝄞é", max);
+            assert!(s.len() <= max + 3, "{max}: {s}");
         }
     }
 
