@@ -35,6 +35,40 @@ pub async fn record_created(store: &Store, events: &[(&[u8], i64)]) -> crate::st
     Ok(())
 }
 
+/// [`record_created`] applied at most once per `batch_id`: the RPUSH runs in a small script
+/// guarded by `SET {ns}:oracle:cb:<batch_id> 1 NX PX <store::BATCH_RECORD_TTL>`, so a caller
+/// whose reply was lost can repeat the call without doubling the records. Returns false when
+/// the batch had already been recorded. The guard lives beside the ledger, in the oracle's
+/// own keys, and uses none of the library's scripts: the oracle stays independent of the
+/// write path it judges.
+pub async fn record_created_once(store: &Store, batch_id: &str, events: &[(&[u8], i64)]) -> crate::store::Result<bool> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+            if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+            -- In slices: unpack() of a very long argument list overflows Lua's C stack.
+            for i = 2, #ARGV, 1000 do
+              redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+            end
+            return 1",
+        )
+    });
+    if events.is_empty() {
+        return Ok(true);
+    }
+    let mut inv = SCRIPT.prepare_invoke();
+    inv.key(&store.keys.created)
+        .key(format!("{{{}}}:oracle:cb:{batch_id}", store.keys.ns))
+        .arg(crate::store::BATCH_RECORD_TTL.as_millis() as u64);
+    for (k, d) in events {
+        let mut rec = format!("{d}:").into_bytes();
+        rec.extend_from_slice(k);
+        inv.arg(rec);
+    }
+    let appended: i64 = inv.invoke_async(&mut store.conn.clone()).await?;
+    Ok(appended == 1)
+}
+
 /// The oracle's handler: waits `work` (the simulated cost of the real work), then returns one
 /// effect, an `RPUSH` of `"<event id>|<consumer>|<entry id>|<captured ms>|<effect ms>"` to the
 /// effects ledger. Being a Redis-side effect, it is committed atomically with the ack.
