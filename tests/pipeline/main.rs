@@ -563,3 +563,42 @@ async fn produce_survives_killed_connections_without_gap_or_double() {
 
     verdict_ok(&ctx, KEYS, 0).await;
 }
+
+/// The two idempotent calls `produce` retries: repeated with the same batch id (as after a
+/// lost reply), the write is not applied again (same deadlines, the key's TTL untouched, its
+/// value not rewritten) and the creations are recorded once. Without an id the write is
+/// applied again, which is why a blind retry would be wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_batch_is_written_and_recorded_once() {
+    let ctx = Ctx::new("once").await;
+    let mut c = ctx.store.conn.clone();
+    let items = vec![
+        (b"once:1".to_vec(), b"a".to_vec(), Duration::from_secs(60)),
+        (b"once:2".to_vec(), b"b".to_vec(), Duration::from_secs(60)),
+    ];
+    let first = ctx.store.write_batch_once("run-0", &items).await.unwrap();
+    // Another program changes a key in between: a repeated write must not undo that.
+    let _: () = redis::cmd("SET").arg("once:1").arg("theirs").arg("KEEPTTL").query_async(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = ctx.store.write_batch_once("run-0", &items).await.unwrap();
+    assert_eq!(first, again, "a repeated batch returns the first call's deadlines");
+    let v: String = redis::cmd("GET").arg("once:1").query_async(&mut c).await.unwrap();
+    assert_eq!(v, "theirs", "a repeated batch wrote the key again");
+    let pt: i64 = redis::cmd("PEXPIRETIME").arg("once:2").query_async(&mut c).await.unwrap();
+    assert_eq!(pt, first[1]);
+    // A reused id with another batch is refused, not answered with wrong deadlines.
+    assert!(ctx.store.write_batch_once("run-0", &items[..1]).await.is_err());
+    // The plain write has no such record: repeating it writes a new generation.
+    let plain = ctx.store.write_batch(&items[1..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_ne!(ctx.store.write_batch(&items[1..]).await.unwrap(), plain);
+
+    let recs: Vec<(&[u8], i64)> = items.iter().zip(&first).map(|((k, _, _), d)| (k.as_slice(), *d)).collect();
+    assert!(oracle::record_created_once(&ctx.store, "run-0", &recs).await.unwrap());
+    assert!(!oracle::record_created_once(&ctx.store, "run-0", &recs).await.unwrap());
+    assert!(oracle::record_created_once(&ctx.store, "run-1", &recs[..1]).await.unwrap());
+    let ledger: Vec<String> =
+        redis::cmd("LRANGE").arg(&ctx.store.keys.created).arg(0).arg(-1).query_async(&mut c).await.unwrap();
+    let want = vec![format!("{}:once:1", first[0]), format!("{}:once:2", first[1]), format!("{}:once:1", first[0])];
+    assert_eq!(ledger, want);
+}
