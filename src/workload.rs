@@ -68,12 +68,9 @@ pub async fn produce(
     let ttl = Duration::from_millis(cfg.ttl_ms);
     let mut sent = 0u64;
     while sent < cfg.keys {
-        let due = if cfg.delay_us == 0 {
-            cfg.keys
-        } else {
-            let el = start.elapsed().as_micros() as u64;
-            (el / cfg.delay_us + 1).min(cfg.keys)
-        };
+        // No delay (division by zero): every key is due at once.
+        let el = start.elapsed().as_micros() as u64;
+        let due = el.checked_div(cfg.delay_us).map_or(cfg.keys, |n| (n + 1).min(cfg.keys));
         if due <= sent {
             let next = start + Duration::from_micros(cfg.delay_us.saturating_mul(sent));
             tokio::time::sleep_until(next.into()).await;
