@@ -488,7 +488,11 @@ async fn produce_survives_killed_connections_without_gap_or_double() {
     // makes new connections only after a failed read, and with a shorter interval it would
     // reclaim (and fail) forever on its killed connection. That is consume's own defect,
     // reported separately; this test is about produce.
-    let consumers = ConsumerConfig { claim_interval: Duration::from_millis(500), ..fast_consumers() };
+    // max_deliveries well above 3: a handler that writes on its own connection (the oracle
+    // witness) fails while connections are killed, and its event must not be dead-lettered
+    // for that in this test.
+    let consumers =
+        ConsumerConfig { claim_interval: Duration::from_millis(500), max_deliveries: 50, ..fast_consumers() };
     run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &consumers);
     // Let every task make its first connections: a consumer whose start-up connection is
     // killed exits (start-up is not what this test is about).
