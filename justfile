@@ -14,7 +14,7 @@ verify: fmt-check unit integration model loom sim-sweep differential chaos run-s
 # Inner loop: unit tests and integration tests on a redis-server process.
 quick:
     cargo test --lib --bins
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input --test exactly_once
 
 # Formatting check (no changes made).
 fmt-check:
@@ -31,11 +31,11 @@ integration: integration-container integration-process
 # Integration tests with Redis in a container (builds the local image if missing).
 integration-container:
     scripts/build-redis-image.sh
-    EXPIRY_STREAM_REDIS=container cargo test --test pipeline --test bad_input
+    EXPIRY_STREAM_REDIS=container cargo test --test pipeline --test bad_input --test exactly_once
 
 # Integration tests with Redis as a local redis-server process.
 integration-process:
-    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input
+    EXPIRY_STREAM_REDIS=process cargo test --test pipeline --test bad_input --test exactly_once
 
 # The main job with its defaults (100,000 keys, 64 consumers); fails unless the oracle says 0 lost, 0 duplicates.
 run-smoke:
@@ -55,7 +55,7 @@ lint:
 full:
     cargo test --release --test full -- --ignored --nocapture
 
-# Every fuzz target for a short fixed time (FUZZ_SECONDS, default 30) on the stable toolchain (no sanitizer: `-s none`).
+# Every fuzz target replays its committed inputs (fuzz/seeds/<t>, fuzz/regressions/<t>) once, with a fixed seed and no random exploration: verify cannot pass or fail by luck. Random search is `fuzz-explore`.
 fuzz-smoke:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -63,15 +63,55 @@ fuzz-smoke:
     cd fuzz
     cargo fuzz build -s none -O
     for t in $(cargo fuzz list); do
-        mkdir -p corpus/$t
-        echo "fuzz $t for ${FUZZ_SECONDS:-30}s"
-        if ! cargo fuzz run -s none -O $t corpus/$t seeds/$t -- -max_total_time=${FUZZ_SECONDS:-30} -timeout=10 > corpus/$t.log 2>&1; then
-            tail -40 corpus/$t.log
-            echo "fuzz target $t failed; the input is in fuzz/artifacts/$t: add it as a regression test"
+        dirs=""
+        for d in seeds/$t regressions/$t; do
+            if [ -d "$d" ]; then dirs="$dirs $d"; fi
+        done
+        n=$(find $dirs /dev/null -type f 2>/dev/null | wc -l)
+        echo "fuzz $t: replaying $n committed inputs"
+        mkdir -p corpus
+        # -runs=0: execute the given inputs and stop (nothing is mutated, nothing is written).
+        if ! cargo fuzz run -s none -O $t $dirs -- -runs=0 -seed=1 -timeout=10 > corpus/$t.smoke.log 2>&1; then
+            tail -40 corpus/$t.smoke.log
+            echo "fuzz target $t fails on a committed input (see above): fix the code, keep the input"
             exit 1
         fi
-        grep -E "^Done" corpus/$t.log
     done
+
+# Random fuzzing of every target (FUZZ_SECONDS each, default 300) from the committed inputs plus the local, uncommitted corpus in fuzz/corpus/<t>. A crash is not kept automatically: copy it into fuzz/regressions/<t>/ and commit it with the fix, so fuzz-smoke replays it from then on.
+fuzz-explore:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    cargo fuzz build -s none -O
+    failed=""
+    for t in $(cargo fuzz list); do
+        mkdir -p corpus/$t
+        dirs="corpus/$t"
+        for d in seeds/$t regressions/$t; do
+            if [ -d "$d" ]; then dirs="$dirs $d"; fi
+        done
+        echo "fuzz $t for ${FUZZ_SECONDS:-300}s (random seed)"
+        # The first directory receives new inputs: corpus/<t>, which git ignores.
+        if cargo fuzz run -s none -O $t $dirs -- -max_total_time=${FUZZ_SECONDS:-300} -timeout=10 > corpus/$t.log 2>&1; then
+            grep -E "^Done" corpus/$t.log || true
+        else
+            tail -40 corpus/$t.log
+            echo "fuzz target $t crashed; the input is in fuzz/artifacts/$t/."
+            echo "  keep it:   mkdir -p fuzz/regressions/$t && cp fuzz/artifacts/$t/<crash-file> fuzz/regressions/$t/<what-it-is>"
+            echo "  replay it: cd fuzz && cargo fuzz run -s none -O $t fuzz/regressions/$t/<what-it-is>"
+            echo "  then fix the code; fuzz-smoke (in verify) replays fuzz/regressions/ from then on"
+            failed="$failed $t"
+        fi
+    done
+    if [ -n "$failed" ]; then
+        echo "fuzz-explore: crashes in:$failed"
+        exit 1
+    fi
+
+# Before a release: the checks too slow or too random for verify. (More steps will be added here.)
+release: fuzz-explore
 
 # Property tests: the consumer/commit protocol on the model against a plain reference model (proptest-state-machine), and every encoding's round trip.
 model:

@@ -312,7 +312,17 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Produce { common, workload, wipe } => {
-            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let u = url(&common)?;
+            // Once connected, produce rides out connection loss (workload::produce retries);
+            // at start-up there is nothing to resume, so say plainly where it could not connect
+            // (the password, if the URL has one, left out).
+            let shown = match (u.find("://"), u.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+                _ => u.clone(),
+            };
+            let store = Store::connect(&u, &common.ns, &common.group)
+                .await
+                .with_context(|| format!("produce: cannot connect to Redis at {shown}"))?;
             if wipe {
                 store.wipe().await?;
                 oracle::Witness::new(&store).wipe().await?;

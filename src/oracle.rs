@@ -42,6 +42,40 @@ pub async fn record_created(store: &Store, events: &[(&[u8], i64)]) -> crate::st
     Ok(())
 }
 
+/// [`record_created`] applied at most once per `batch_id`: the RPUSH runs in a small script
+/// guarded by `SET {ns}:oracle:cb:<batch_id> 1 NX PX <store::BATCH_RECORD_TTL>`, so a caller
+/// whose reply was lost can repeat the call without doubling the records. Returns false when
+/// the batch had already been recorded. The guard lives beside the ledger, in the oracle's
+/// own keys, and uses none of the library's scripts: the oracle stays independent of the
+/// write path it judges.
+pub async fn record_created_once(store: &Store, batch_id: &str, events: &[(&[u8], i64)]) -> crate::store::Result<bool> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+            if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+            -- In slices: unpack() of a very long argument list overflows Lua's C stack.
+            for i = 2, #ARGV, 1000 do
+              redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+            end
+            return 1",
+        )
+    });
+    if events.is_empty() {
+        return Ok(true);
+    }
+    let mut inv = SCRIPT.prepare_invoke();
+    inv.key(&store.keys.created)
+        .key(format!("{{{}}}:oracle:cb:{batch_id}", store.keys.ns))
+        .arg(crate::store::BATCH_RECORD_TTL.as_millis() as u64);
+    for (k, d) in events {
+        let mut rec = format!("{d}:").into_bytes();
+        rec.extend_from_slice(k);
+        inv.arg(rec);
+    }
+    let appended: i64 = inv.invoke_async(&mut store.conn.clone()).await?;
+    Ok(appended == 1)
+}
+
 /// The oracle's handler: waits `work` (the simulated cost of the real work), records the run
 /// and performs its external effect through the [`Witness`] (on the witness's own connection,
 /// before returning), then returns one Redis-side effect, an `RPUSH` of
@@ -164,7 +198,23 @@ impl Witness {
     }
 
     /// Records one handler run and performs its external write. Returns the sink's answer.
+    /// A dropped connection is retried a few times (the manager reconnects): a handler run
+    /// must not fail for the witness's sake while Redis is reachable. A retry after a lost
+    /// reply may record the run twice; `handler_runs` can then read high, never low.
     pub async fn record(&self, event: &Event, d: &Delivery) -> redis::RedisResult<i64> {
+        let mut attempt = 0;
+        loop {
+            match self.record_once(event, d).await {
+                Err(e) if attempt < 5 && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn record_once(&self, event: &Event, d: &Delivery) -> redis::RedisResult<i64> {
         let mut c = self.conn().await?;
         let mut inv = self.script.prepare_invoke();
         for k in self.keys.all() {

@@ -1,11 +1,20 @@
 //! The workload generator: `set_with_ttl` at a precise pace, recording every created event
 //! in the oracle's created ledger.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// How long `produce` keeps retrying one call through retryable errors (connection lost,
+/// refused or timed out; server loading) before it gives up with [`StoreError::GaveUp`]. Long
+/// enough to ride out a Redis restart; well inside `store::BATCH_RECORD_TTL`, so a retry always
+/// finds the record of an attempt that was applied.
+pub const RETRY_BOUND: Duration = Duration::from_secs(60);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WorkloadConfig {
@@ -40,21 +49,28 @@ pub fn key_for(store: &Store, i: u64) -> Vec<u8> {
 /// Creates `cfg.keys` tracked keys. The pacer is absolute: key `i` is due at
 /// `start + i * delay`, and each loop sends every key that is due, so timer granularity
 /// (about 1 ms) changes batch sizes, never the rate.
+///
+/// Survives connection loss: each batch's write and its record in the created ledger are
+/// retried (see [`RETRY_BOUND`]) until they succeed. Both are idempotent per batch id
+/// ([`Store::write_batch_once`], [`crate::oracle::record_created_once`]), because a call whose
+/// reply was lost may have been applied: a blind retry would write the keys again (a second
+/// deadline generation) or record them twice.
 pub async fn produce(
     store: &Store,
     cfg: &WorkloadConfig,
     created: Arc<AtomicU64>,
 ) -> crate::store::Result<ProduceReport> {
+    // Batch ids: `<run>-<n>`. The run part is random per call, so ids never collide with
+    // another producer's (or an earlier run's) records still alive in the same namespace.
+    let run = format!("{:016x}{:08x}", fastrand::u64(..), std::process::id());
+    let mut batch_no = 0u64;
     let start = Instant::now();
     let ttl = Duration::from_millis(cfg.ttl_ms);
     let mut sent = 0u64;
     while sent < cfg.keys {
-        let due = if cfg.delay_us == 0 {
-            cfg.keys
-        } else {
-            let el = start.elapsed().as_micros() as u64;
-            (el / cfg.delay_us + 1).min(cfg.keys)
-        };
+        // No delay (division by zero): every key is due at once.
+        let el = start.elapsed().as_micros() as u64;
+        let due = el.checked_div(cfg.delay_us).map_or(cfg.keys, |n| (n + 1).min(cfg.keys));
         if due <= sent {
             let next = start + Duration::from_micros(cfg.delay_us.saturating_mul(sent));
             tokio::time::sleep_until(next.into()).await;
@@ -68,9 +84,13 @@ pub async fn produce(
                 (key_for(store, i), v, ttl)
             })
             .collect();
-        let deadlines = store.write_batch(&items).await?;
+        let id = format!("{run}-{batch_no}");
+        batch_no += 1;
+        let (id, items) = (id.as_str(), items.as_slice());
+        let deadlines = retrying("write batch", RETRY_BOUND, || store.write_batch_once(id, items)).await?;
         let recs: Vec<(&[u8], i64)> = items.iter().zip(&deadlines).map(|((k, _, _), d)| (k.as_slice(), *d)).collect();
-        crate::oracle::record_created(store, &recs).await?;
+        let recs = recs.as_slice();
+        retrying("record created", RETRY_BOUND, || crate::oracle::record_created_once(store, id, recs)).await?;
         sent += n;
         created.store(sent, Ordering::Relaxed);
     }
@@ -81,4 +101,109 @@ pub async fn produce(
         offered_rate: if cfg.delay_us == 0 { 0.0 } else { 1e6 / cfg.delay_us as f64 },
         achieved_rate: sent as f64 / elapsed.max(1e-9),
     })
+}
+
+/// Runs `call` until it succeeds. Retryable errors ([`StoreError::is_retryable`]) are retried,
+/// with one line on stderr each; after `bound` without success the last error is returned
+/// inside [`StoreError::GaveUp`]. Any other error is returned at once. Only for idempotent
+/// calls.
+///
+/// The schedule is pairs: after a pause (50 ms, doubling to 1 s) one attempt, and if that
+/// fails, one more at once. A connection that died while nobody used it is noticed only by
+/// the next call, which fails and makes the shared connection reconnect; the immediate
+/// attempt then runs on the new connection. Without it, connections killed more often than
+/// the pause (`CLIENT KILL` every 50 ms) would fail every attempt, each on an already dead
+/// connection. A server that is down still gets at most two attempts per pause.
+async fn retrying<T, F, Fut>(what: &str, bound: Duration, mut call: F) -> crate::store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::store::Result<T>>,
+{
+    let mut backoff = BACKOFF_FIRST;
+    let mut failing_since: Option<Instant> = None;
+    let mut immediate = true;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= bound {
+                    return Err(StoreError::GaveUp {
+                        what: format!("produce: {what}"),
+                        after: bound,
+                        last: Box::new(e),
+                    });
+                }
+                if immediate {
+                    eprintln!("produce: {what} failed ({e}); reconnecting, retry now");
+                    immediate = false;
+                    continue;
+                }
+                eprintln!("produce: {what} failed ({e}); reconnecting, retry in {} ms", backoff.as_millis());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                immediate = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped() -> StoreError {
+        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).into()
+    }
+
+    #[tokio::test]
+    async fn retrying_retries_connection_loss_and_stops_on_other_errors() {
+        // Two dropped connections, then success.
+        let mut n = 0;
+        let r = retrying("t", Duration::from_secs(5), || {
+            n += 1;
+            let fail = n <= 2;
+            async move {
+                if fail {
+                    Err(dropped())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        // Not retryable: returned at once.
+        let mut n = 0;
+        let r: crate::store::Result<()> = retrying("t", Duration::from_secs(5), || {
+            n += 1;
+            async { Err(StoreError::Reply { what: "x", reply: "y".into() }) }
+        })
+        .await;
+        assert!(matches!(r, Err(StoreError::Reply { .. })));
+        assert_eq!(n, 1);
+        // Always failing: gives up after the bound, naming the call and the last error.
+        let t = Instant::now();
+        let r: crate::store::Result<()> =
+            retrying("write batch", Duration::from_millis(120), || async { Err(dropped()) }).await;
+        let e = r.unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(120));
+        assert!(!e.is_retryable());
+        let msg = e.to_string();
+        assert!(msg.starts_with("produce: write batch: no success after 120ms of retries"), "{msg}");
+        assert!(msg.to_lowercase().contains("broken pipe"), "{msg}");
+    }
+
+    #[test]
+    fn connection_loss_is_retryable_and_other_errors_are_not() {
+        assert!(matches!(dropped(), StoreError::Connection(_)));
+        assert!(dropped().is_retryable());
+        let refused: StoreError =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into();
+        assert!(refused.is_retryable());
+        let script: StoreError = redis::RedisError::from((redis::ErrorKind::Client, "bad")).into();
+        assert!(matches!(script, StoreError::Redis(_)));
+        assert!(!script.is_retryable());
+    }
 }

@@ -144,8 +144,9 @@ pub async fn run_consumer(
 ) -> anyhow::Result<()> {
     // Two dedicated connections: one for the blocking reads (a read is outstanding while a
     // batch is handled), one for everything else, which must never wait behind a BLOCK.
-    let mut conn = store.dedicated().await?;
-    let mut rconn = store.dedicated().await?;
+    // A connection killed while the consumer starts is retried, not fatal (a restart storm
+    // must not take consumers down with it); a Redis that never answers still ends it.
+    let (mut conn, mut rconn) = connect_pair(&store, &name).await?;
     let mut ahead: Option<tokio::task::JoinHandle<crate::store::Result<Vec<RawEntry>>>> = None;
     // Entries per read: one while the consumer keeps up (the lowest latency, the most even
     // spread), doubling up to `cfg.batch` while reads come back full (a backlog: fewer calls
@@ -186,6 +187,13 @@ pub async fn run_consumer(
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     eprintln!("{name}: reclaim failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The connection may be dead (CLIENT KILL, restart): make new ones, or the
+                    // next reclaim fails the same way forever.
+                    if e.is_retryable() {
+                        if let (Ok(c), Ok(r)) = (store.dedicated().await, store.dedicated().await) {
+                            (conn, rconn) = (c, r);
+                        }
+                    }
                     continue;
                 }
             }
@@ -252,6 +260,26 @@ pub async fn run_consumer(
         }
     }
     Ok(())
+}
+
+/// The consumer's two dedicated connections, retried for a while on connection loss.
+async fn connect_pair(
+    store: &Store,
+    name: &str,
+) -> anyhow::Result<(redis::aio::MultiplexedConnection, redis::aio::MultiplexedConnection)> {
+    let mut attempt = 0u32;
+    loop {
+        let r = async { Ok::<_, crate::store::StoreError>((store.dedicated().await?, store.dedicated().await?)) }.await;
+        match r {
+            Ok(pair) => return Ok(pair),
+            Err(e) if e.is_retryable() && attempt < 50 => {
+                attempt += 1;
+                eprintln!("{name}: connecting failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A handled entry waiting for its commit.

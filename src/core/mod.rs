@@ -622,7 +622,9 @@ mod tests {
         assert_eq!(e(&["SET", "k", "v", "EX", "10", "NX"]), None);
         assert_eq!(e(&["SET", "k", "v", "KEEPTTL", "XX"]), None);
         assert_eq!(e(&["SET", "k", "v", "GET"]).as_deref(), Some("ERR effect option not supported: SET GET"));
-        assert_eq!(e(&["SET", "k", "v", "NX", "NX"]).as_deref(), Some("ERR syntax error"));
+        assert_eq!(e(&["SET", "k", "v", "NX", "XX"]).as_deref(), Some("ERR syntax error"));
+        // Redis takes a repeated flag (its parser only refuses contradictions).
+        assert_eq!(e(&["SET", "k", "v", "NX", "NX"]), None);
         assert_eq!(e(&["SET", "k", "v", "EX", "0"]).as_deref(), Some("ERR invalid expire time in 'set' command"));
         assert_eq!(e(&["SET", "k", "v", "PX", "+5"]).as_deref(), Some("ERR value is not an integer or out of range"));
         assert_eq!(e(&["SET", "k"]).as_deref(), Some("ERR wrong number of arguments for 'set' command"));

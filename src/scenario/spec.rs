@@ -591,7 +591,12 @@ impl fmt::Display for SpecError {
 impl std::error::Error for SpecError {}
 
 fn line_col(src: &str, pos: usize) -> (usize, usize) {
-    let pos = pos.min(src.len());
+    // The position comes from the TOML parser's error span: step back to a character
+    // boundary rather than trust it, since slicing inside a character panics.
+    let mut pos = pos.min(src.len());
+    while !src.is_char_boundary(pos) {
+        pos -= 1;
+    }
     let before = &src[..pos];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;

@@ -92,18 +92,83 @@ impl Keys {
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The connection to Redis was refused, dropped (reset, broken pipe, killed by
+    /// `CLIENT KILL`), or timed out. Retryable (see [`StoreError::is_retryable`]): the shared
+    /// connection reconnects by itself on the next call. The call that failed may or may not
+    /// have been applied on the server.
+    #[error("redis connection: {0}")]
+    Connection(redis::RedisError),
+    /// Any other error from Redis or redis-rs (a script error, a wrong type, bad config).
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("unexpected reply to {what}: {reply}")]
     Reply { what: &'static str, reply: String },
+    /// A retrying caller (such as `workload::produce`) gave up on retryable errors.
+    #[error("{what}: no success after {after:?} of retries, giving up; last error: {last}")]
+    GaveUp { what: String, after: Duration, last: Box<StoreError> },
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> StoreError {
+        // All of these are I/O failures in redis-rs; listed one by one so the intent does
+        // not depend on that detail.
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+            StoreError::Connection(e)
+        } else {
+            StoreError::Redis(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the same call may succeed if it is made again after a pause: the connection
+    /// was lost, refused or timed out ([`StoreError::Connection`]), or the server said "not
+    /// now" without running the command (`LOADING` after a restart, `BUSY` while a script
+    /// runs, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`).
+    ///
+    /// Retryable does not mean "had no effect". A connection lost after the command was sent
+    /// may have lost only the reply, so the command may have been applied. Repeat only calls
+    /// that are idempotent: reads, [`Store::write_batch_once`] and
+    /// `oracle::record_created_once` with the same batch id. A blind repeat of
+    /// [`Store::write_batch`] writes the keys again (a new deadline generation).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Connection(_) => true,
+            StoreError::Redis(e) => {
+                matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN"))
+            }
+            StoreError::Reply { .. } | StoreError::GaveUp { .. } => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How long the record of an applied batch (`{ns}:wb:<id>`, [`Store::write_batch_once`]) and
+/// of a recorded creation batch (`oracle::record_created_once`) are kept. Retries of a batch
+/// must end well within it (`workload::produce` gives up after `workload::RETRY_BOUND`).
+pub const BATCH_RECORD_TTL: Duration = Duration::from_secs(600);
+
+/// Longest text of an unexpected reply kept in an error message, in bytes.
+const REPLY_TEXT_MAX: usize = 200;
+
 fn bad(what: &'static str, v: &Value) -> StoreError {
-    let mut reply = format!("{v:?}");
-    reply.truncate(200);
-    StoreError::Reply { what, reply }
+    StoreError::Reply { what, reply: clip_text(&format!("{v:?}"), REPLY_TEXT_MAX) }
+}
+
+/// `s` cut to at most `max` bytes, with `...` appended when anything was cut. The cut moves
+/// back to the previous character boundary: text from outside (a reply's Debug form keeps
+/// non-ASCII characters as they are) can put byte `max` inside a multi-byte character, where
+/// `String::truncate` and `&s[..max]` panic.
+pub fn clip_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// A stream entry as read, before decoding.
@@ -279,7 +344,28 @@ impl Store {
 
     /// `set_with_ttl` for a batch of `(key, value, ttl)`, one atomic script call. Returns each
     /// key's deadline (Unix ms). A previous generation that already expired is captured first.
+    ///
+    /// Not idempotent: after a retryable error the batch may have been applied, and calling
+    /// again writes every key again. Callers that retry use [`Store::write_batch_once`].
     pub async fn write_batch(&self, items: &[(Vec<u8>, Vec<u8>, Duration)]) -> Result<Vec<i64>> {
+        self.write_batch_with(items, None).await
+    }
+
+    /// [`Store::write_batch`] applied at most once per `batch_id`: the script stores the
+    /// batch's deadlines under `{ns}:wb:<batch_id>` (expiring after [`BATCH_RECORD_TTL`]) in
+    /// the same atomic call, and a call with an id already recorded writes nothing and returns
+    /// the recorded deadlines. So after a lost reply the same call can be repeated safely.
+    /// `batch_id` must be unique per batch (not reused for other items) for at least
+    /// [`BATCH_RECORD_TTL`]; a reuse with a different number of items is an error.
+    pub async fn write_batch_once(&self, batch_id: &str, items: &[(Vec<u8>, Vec<u8>, Duration)]) -> Result<Vec<i64>> {
+        self.write_batch_with(items, Some(batch_id)).await
+    }
+
+    async fn write_batch_with(
+        &self,
+        items: &[(Vec<u8>, Vec<u8>, Duration)],
+        batch_id: Option<&str>,
+    ) -> Result<Vec<i64>> {
         if items.is_empty() {
             return Ok(vec![]);
         }
@@ -287,6 +373,12 @@ impl Store {
         self.base_keys(&mut inv);
         for (k, v, ttl) in items {
             inv.key(k.as_slice()).arg(ttl.as_millis().max(1) as u64).arg(v.as_slice());
+        }
+        // The batch record goes last, as one more key and one more argument (its PX): the
+        // odd argument count is how write.lua tells the two forms apart.
+        let record = batch_id.map(|id| format!("{{{}}}:wb:{id}", self.keys.ns));
+        if let Some(r) = &record {
+            inv.key(r.as_str()).arg(BATCH_RECORD_TTL.as_millis() as u64);
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
@@ -727,5 +819,61 @@ mod tests {
         // Wrong types are errors, not panics.
         assert!(parse_xread(&Value::Int(3)).is_err());
         assert!(parse_entries(&Value::Array(vec![Value::Array(vec![Value::Nil])])).is_err());
+    }
+
+    /// An unexpected reply's text is cut for the error message. The cut must land on a
+    /// character boundary whatever the reply holds: `bulk-string('"` is 14 bytes, then one
+    /// ASCII byte puts every 2-byte `é` at an odd offset, so byte 200 falls inside one.
+    #[test]
+    fn an_unexpected_reply_with_multibyte_text_is_cut_without_a_panic() {
+        let text = format!("a{}", "é".repeat(150));
+        let v = Value::BulkString(text.into_bytes());
+        let full = format!("{v:?}");
+        assert!(!full.is_char_boundary(200), "the test must put byte 200 inside a character");
+        let StoreError::Reply { reply, .. } = bad("XREADGROUP", &v) else { panic!("not a reply error") };
+        assert!(reply.len() <= 200 + "...".len(), "{} bytes", reply.len());
+        assert!(full.starts_with(reply.trim_end_matches("...")), "the cut text is a prefix of the reply");
+        // Every parser that reports such a reply returns the error, never panics.
+        assert!(parse_xread(&v).is_err());
+        assert!(parse_entries(&v).is_err());
+        // Short replies are kept whole, 3- and 4-byte characters are cut cleanly too.
+        let StoreError::Reply { reply, .. } = bad("x", &Value::Int(7)) else { panic!() };
+        assert_eq!(reply, "int(7)");
+        for c in ["€", "𝄞"] {
+            for lead in 0..4 {
+                let v = Value::BulkString(format!("{}{}", "a".repeat(lead), c.repeat(100)).into_bytes());
+                let _ = bad("x", &v);
+            }
+        }
+    }
+
+    #[test]
+    fn clip_text_cuts_only_at_character_boundaries() {
+        assert_eq!(clip_text("abc", 3), "abc");
+        assert_eq!(clip_text("abcd", 3), "abc...");
+        // 'é' is bytes 1..3: a cut at 2 moves back to 1.
+        assert_eq!(clip_text("aé", 2), "a...");
+        assert_eq!(clip_text("€", 1), "...");
+        for max in 0..12 {
+            let s = clip_text("a€𝄞é", max);
+            assert!(s.len() <= max + 3, "{max}: {s}");
+        }
+    }
+
+    /// The inputs that once crashed the `stream_reply` fuzz target (fuzz/regressions/), replayed
+    /// here too so `cargo test` catches a regression without cargo-fuzz.
+    #[test]
+    fn fuzz_regressions_of_stream_reply_do_not_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/stream_reply");
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir).expect("fuzz/regressions/stream_reply") {
+            let data = std::fs::read(f.unwrap().path()).unwrap();
+            if let Ok(v) = redis::parse_redis_value(&data) {
+                let _ = parse_xread(&v);
+                let _ = parse_entries(&v);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no regression inputs in {}", dir.display());
     }
 }

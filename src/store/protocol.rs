@@ -238,8 +238,12 @@ impl Protocol for RedisProtocol {
         self.store.release(&mut self.conn, consumer, ids, idle).await
     }
     async fn raw(&mut self, args: &[Vec<u8>]) -> Result<Reply> {
-        let mut cmd = redis::cmd(&String::from_utf8_lossy(&args[0]));
-        for a in &args[1..] {
+        // An empty command is refused as the model refuses it, not indexed into.
+        let Some((name, rest)) = args.split_first() else {
+            return Err(StoreError::Reply { what: "command", reply: "ERR empty command".into() });
+        };
+        let mut cmd = redis::cmd(&String::from_utf8_lossy(name));
+        for a in rest {
             cmd.arg(a.as_slice());
         }
         let v: Value = cmd.query_async(&mut self.conn).await?;

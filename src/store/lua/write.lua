@@ -1,9 +1,30 @@
--- set_with_ttl for a batch. KEYS: idx, pay, stream, stats, key1..keyN.
--- ARGV: ttl_ms1, value1, ttl_ms2, value2, ...  Returns the deadlines (PEXPIRETIME).
+-- set_with_ttl for a batch. KEYS: idx, pay, stream, stats, key1..keyN [, batch record].
+-- ARGV: ttl_ms1, value1, ttl_ms2, value2, ... [, batch record PX].  Returns the deadlines
+-- (PEXPIRETIME).
+-- With a batch record (an odd ARGV count: the record's PX comes after the pairs), the batch
+-- is applied at most once: a caller whose reply was lost repeats the call with the same
+-- record key and gets the deadlines of the first call back, nothing written again. Without
+-- one, the script is exactly the plain batch write (model/scripts.rs mirrors that form).
 local idx, pay, stream, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local last, record = #KEYS, nil
+if #ARGV % 2 == 1 then
+  last = #KEYS - 1
+  record = KEYS[#KEYS]
+  local done = redis.call('GET', record)
+  if done then
+    local out = {}
+    for d in string.gmatch(done, '%d+') do out[#out + 1] = tonumber(d) end
+    if #out ~= last - 4 then
+      return redis.error_reply('ERR batch record ' .. record .. ' holds ' .. #out ..
+        ' deadlines, the batch has ' .. (last - 4) .. ' keys: batch id reused')
+    end
+    return out
+  end
+end
 local now = now_ms()
 local out = {}
-for i = 5, #KEYS do
+local text = {}
+for i = 5, last do
   local key = KEYS[i]
   local ttl = ARGV[(i - 5) * 2 + 1]
   local value = ARGV[(i - 5) * 2 + 2]
@@ -15,6 +36,10 @@ for i = 5, #KEYS do
   redis.call('ZADD', idx, dl, key)
   redis.call('HSET', pay, key, value)
   out[#out + 1] = dl
+  text[#text + 1] = fmt(dl)
 end
 flush_counts(stats)
+if record then
+  redis.call('SET', record, table.concat(text, ','), 'PX', ARGV[#ARGV])
+end
 return out
