@@ -40,14 +40,36 @@ async fn seed_3m() {
     assert_eq!(r.oracle.lost, 0);
     assert_eq!(r.oracle.duplicate_effects, 0);
     assert_eq!(r.oracle.unexpected_effects, 0);
+    // The witnesses outside the commit path agree, and nothing was dead-lettered.
+    assert_eq!(r.oracle.problems(0), Vec::<String>::new(), "{}", r.oracle.line());
+    assert!(r.oracle.handler_runs >= keys, "{}", r.oracle.line());
     assert_eq!(r.per_consumer.consumers, 64, "every consumer took part");
     if keys == 3_000_000 {
+        let o = &r.oracle;
         let deterministic = serde_json::json!({
             "workload": r.config.workload,
             "consumers": r.config.consumers,
             "work_ms": r.config.work_ms,
             "batch": r.config.batch,
-            "oracle": r.oracle,
+            // The verdict and the witnesses that must be exact in a fault-free run (handler
+            // runs and redeliveries are printed, not snapshotted: a run slower than the claim
+            // timeout is redelivered, safely, and that is load, not a defect).
+            "oracle": {
+                "created": o.created,
+                "effected": o.effected,
+                "lost": o.lost,
+                "duplicate_effects": o.duplicate_effects,
+                "unexpected_effects": o.unexpected_effects,
+                "dead_lettered": o.dead_lettered,
+                "effected_and_dead_lettered": o.effected_and_dead_lettered,
+                "capture_duplicates": o.capture_duplicates,
+                "stream_entries_unseen": o.stream_entries_unseen,
+                "external_applied": o.external_applied,
+                "external_duplicates": o.external_duplicates,
+                "external_missing": o.external_missing,
+                "effects_without_run": o.effects_without_run,
+                "deleted_while_pending": o.deleted_while_pending,
+            },
             "consumers_with_effects": r.per_consumer.consumers,
             "drained": r.drained,
         });
