@@ -41,6 +41,25 @@ pub fn markdown(r: &RunReport) -> String {
         o.dead_lettered,
         o.duplicates_suppressed
     );
+    let _ = writeln!(s, "## Witnesses outside the commit path (ADR 009)\n");
+    let _ = writeln!(
+        s,
+        "| handler runs | redeliveries | capture duplicates | stream entries unseen | external applied | external duplicates | external missing | effects without run | deleted while pending |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | **{}** | {} | {} | **{}** | {} | {} | {} |\n",
+        o.handler_runs,
+        o.redeliveries,
+        o.capture_duplicates,
+        o.stream_entries_unseen,
+        o.external_applied,
+        o.external_duplicates,
+        o.external_missing,
+        o.effects_without_run,
+        o.deleted_while_pending
+    );
     let _ = writeln!(s, "## Performance\n");
     let _ = writeln!(s, "| figure | value |\n|---|---:|");
     let _ = writeln!(s, "| wall time (first create to drained) | {:.1} s |", r.wall_s);
@@ -147,6 +166,10 @@ pub fn html(r: &RunReport) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>expiry-stream run report</title>\
          <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
          </head><body><h1>expiry-stream run</h1><p><b>Verdict:</b> {}</p>{throughput}{backlog}{latency}<pre>{table}</pre></body></html>\n",
-        if r.oracle.ok() && r.drained { "PASS: 0 lost, 0 duplicate effects (by the oracle)" } else { "FAIL" }
+        if r.oracle.ok() && r.drained {
+            "PASS: 0 lost, 0 duplicate effects, 0 dead letters (by the oracle), witnesses agree".to_string()
+        } else {
+            format!("FAIL: {}", r.oracle.problems(0).join("; "))
+        }
     )
 }
