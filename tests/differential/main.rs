@@ -34,7 +34,7 @@ use expiry_stream::store::{CommitItem, Keys, LedgerConfig, RawEntry, Safety, Sto
 const KEYS: usize = 4;
 const CONSUMERS: usize = 2;
 const STEP: Duration = Duration::from_millis(2);
-const ADVANCE: Duration = Duration::from_millis(550);
+const ADVANCE: Duration = Duration::from_millis(450);
 const CLAIM: Duration = Duration::from_millis(200);
 const MAX_BETWEEN_ADVANCES: usize = 7;
 /// The ledger the commits use: 60 s buckets kept an hour after they end.
@@ -763,6 +763,17 @@ fn cover(op: &Op, reply: &str) {
     }
 }
 
+/// Real durations of the epochs of every attempt, in 15 ms classes (the last: SAFE_EPOCH and
+/// over), and the longest, in µs.
+static EPOCHS: [std::sync::atomic::AtomicU64; 7] = [const { std::sync::atomic::AtomicU64::new(0) }; 7];
+static LONGEST_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn record_epoch(d: Duration) {
+    let class = ((d.as_millis() / 15) as usize).min(6);
+    EPOCHS[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    LONGEST_EPOCH.fetch_max(d.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Why a case did not pass.
 enum CaseError {
     /// A real disagreement (or a Redis error).
@@ -796,11 +807,11 @@ async fn run_case_inner(url: &str, case: u64, ops: &[Op]) -> Result<(), (String,
     let store = Store::connect(url, &ns, "g").await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     store.wipe().await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     store.ensure_group().await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
+    let mut real = RedisProtocol::new(store.clone()).await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     let mut c = store.conn.clone();
     let (secs, micros): (i64, i64) =
         redis::cmd("TIME").query_async(&mut c).await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     let (start_ms, started) = (secs * 1000 + micros / 1000, std::time::Instant::now());
-    let mut real = RedisProtocol::new(store.clone()).await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     let mut model = ModelStore::new(Model::new(start_ms), &ns, "g");
     // How far the model's virtual clock has fallen behind (or run ahead of) the server's, the
     // most so far: deadlines set at one time and "now" at another each drift by up to this.
@@ -810,7 +821,13 @@ async fn run_case_inner(url: &str, case: u64, ops: &[Op]) -> Result<(), (String,
     let (mut rs, mut ms) = (Side::default(), Side::default());
     let effects_key = store.keys.effects.clone();
     let ops = paced(ops);
+    // The first epoch starts with the first operation: connecting and loading the scripts
+    // above takes real time that no timing assumption depends on.
+    epoch = std::time::Instant::now();
     for (i, op) in ops.iter().enumerate() {
+        if matches!(op, Op::Advance) {
+            record_epoch(epoch.elapsed());
+        }
         let r = apply(&mut real, &mut rs, &keys, &effects_key, op).await;
         let m = apply(&mut model, &mut ms, &keys, &effects_key, op).await;
         cover(op, &r);
@@ -866,6 +883,8 @@ async fn run_case_inner(url: &str, case: u64, ops: &[Op]) -> Result<(), (String,
         if pr.keys().any(|k| k.starts_with("ledger")) {
             hit(COV_LEDGER_TTL);
         }
+        // The dumps read keys too (lazy expiry): they belong to the epoch.
+        slowest = slowest.max(epoch.elapsed());
     }
     store.wipe().await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     Ok(())
@@ -946,6 +965,23 @@ fn model_and_redis_agree_on_generated_sequences() {
         .map(|(c, n)| format!("{n} {}", c.load(std::sync::atomic::Ordering::Relaxed)))
         .collect();
     eprintln!("differential coverage (operations that did something): {}", cov.join(", "));
+    let epochs: Vec<String> = EPOCHS
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            if i == 6 {
+                format!(">=90 ms: {n}")
+            } else {
+                format!("{}-{} ms: {n}", i * 15, i * 15 + 15)
+            }
+        })
+        .collect();
+    eprintln!(
+        "differential epochs (real time between advances): {}; longest {:.1} ms",
+        epochs.join(", "),
+        LONGEST_EPOCH.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    );
     for (c, n) in COVERAGE.iter().zip(COVERAGE_NAMES) {
         assert!(c.load(std::sync::atomic::Ordering::Relaxed) > 0, "no generated sequence reached `{n}`");
     }
