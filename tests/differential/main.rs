@@ -416,8 +416,11 @@ fn take(held: &mut Vec<HeldEntry>, pick: usize, n: usize) -> Vec<HeldEntry> {
 }
 
 /// A consumer takes hold of an entry; a copy it already holds with the same token is not held
-/// twice (after `XGROUP SETID` it can read an entry again with the same count, and a batch
-/// naming one entry twice with one token is not what a consumer commits).
+/// twice. After `XGROUP SETID` a consumer can read an entry again with the same count, and a
+/// batch naming one (entry, token) twice is a known disagreement, kept out of the generated
+/// sequences until it is settled: commit.lua checks every item's fence before its one XACK at
+/// the end, so the second copy passes the fence (`AlreadyApplied` with the ledger, effects
+/// applied twice without it), while the model's commit acks item by item (`NotOwner`).
 fn hold(held: &mut Vec<HeldEntry>, e: HeldEntry) {
     if !held.iter().any(|h| h.0 == e.0 && h.1 == e.1) {
         held.push(e);
