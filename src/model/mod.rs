@@ -317,7 +317,7 @@ impl Model {
     pub fn keys_matching(&self, pattern: &[u8]) -> Vec<Vec<u8>> {
         self.db
             .iter()
-            .filter(|(k, e)| glob(pattern, k) && !e.expire_at.is_some_and(|at| self.now > at))
+            .filter(|(k, e)| glob(pattern, k) && e.expire_at.is_none_or(|at| self.now <= at))
             .map(|(k, _)| k.clone())
             .collect()
     }

@@ -141,6 +141,8 @@ fn ttl(key: usize, long: bool, base: u64) -> u64 {
     }
 }
 
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An entry a consumer holds: id, token, fields.
 type HeldEntry = (String, u64, Vec<(Vec<u8>, Vec<u8>)>);
 
@@ -156,7 +158,7 @@ struct Side {
     /// The last dump's PEL (id, owner, delivery count) and stream entries, raw: what the next
     /// operation finds (nothing changes between a dump and the next operation).
     pel: Vec<(String, String, u64)>,
-    stream: BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    stream: BTreeMap<String, Fields>,
     /// Coverage counters (indices into [`COVERAGE`]) the last operation hit.
     hits: Vec<usize>,
 }
