@@ -128,9 +128,9 @@ sim-sweep count="10000":
     EXPIRY_STREAM_UNSAFE=no-fence cargo run --release -- sim sweep --from 0 --count 2000 --expect-failure --show 1
     EXPIRY_STREAM_UNSAFE=no-ledger cargo run --release -- sim sweep --from 0 --count 2000 --expect-failure --show 1
 
-# Differential tests: generated operation sequences on the model and on a real redis-server process; replies and state must agree after every step.
+# Differential tests: generated operation sequences on the model and on a real redis-server process; replies and state (TTLs included) must agree after every step. 200 cases (~10 min on 2 cores); DIFFERENTIAL_CASES overrides.
 differential:
-    EXPIRY_STREAM_REDIS=process cargo test --test differential
+    DIFFERENTIAL_CASES=${DIFFERENTIAL_CASES:-200} EXPIRY_STREAM_REDIS=process cargo test --test differential -- --nocapture
 
 # Chaos scenarios (scenarios/*.toml) against real Redis, pipeline as separate processes; each report must match its snapshot.
 chaos:

@@ -6,8 +6,10 @@
 //! `now > when`) and by an active cycle with a configurable lag; keyspace `expired`
 //! notifications into a queue that nobody may be listening to; one stream consumer group per
 //! stream with a PEL (owner, delivery count, last delivery time), `XREADGROUP >`,
-//! `XAUTOCLAIM` (count bump, deleted entries dropped from the PEL), `XCLAIM` (`IDLE`,
-//! `JUSTID`), `XPENDING`, `XACK`, `XDEL`; and the project's Lua scripts as Rust functions
+//! `XAUTOCLAIM` (count bump, deleted entries dropped from the PEL), `XCLAIM` (`IDLE`, `TIME`,
+//! `RETRYCOUNT`, `FORCE`, `JUSTID`, `LASTID`), `XGROUP SETID` (re-reading a pending entry
+//! reassigns it with count 1), `XPENDING`, `XACK`, `XDEL`, `KEYS` (expired keys left out,
+//! not deleted); and the project's Lua scripts as Rust functions
 //! ([`ModelStore`]), each atomic because it runs under `&mut self` with one frozen `now`.
 //!
 //! What it does not model: scores that are not integers, consumer bookkeeping beyond names
@@ -24,7 +26,7 @@ mod stream;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use scripts::ModelStore;
-pub use stream::{Group, Nack, Stream, StreamId};
+pub use stream::{ClaimOptions, Group, Nack, Stream, StreamId};
 
 /// A reply, shaped like RESP.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +51,54 @@ impl Reply {
 pub type CmdResult<T> = Result<T, String>;
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// Redis's glob (`stringmatchlen`, case-sensitive): `*`, `?`, `[...]` with ranges and `^`,
+/// and `\\` escapes.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some(b'*') => {
+            let rest = &p[1..];
+            (0..=s.len()).any(|i| glob(rest, &s[i..]))
+        }
+        Some(b'?') => !s.is_empty() && glob(&p[1..], &s[1..]),
+        Some(b'[') => {
+            let Some(&c) = s.first() else { return false };
+            let mut i = 1;
+            let not = p.get(i) == Some(&b'^');
+            if not {
+                i += 1;
+            }
+            let mut hit = false;
+            loop {
+                match p.get(i) {
+                    None => {
+                        // An unterminated class: Redis stops at the end of the pattern.
+                        i -= 1;
+                        break;
+                    }
+                    Some(b']') => break,
+                    Some(b'\\') if i + 1 < p.len() => {
+                        hit |= p[i + 1] == c;
+                        i += 2;
+                    }
+                    Some(&a) if p.get(i + 1) == Some(&b'-') && i + 2 < p.len() => {
+                        let (lo, hi) = if a <= p[i + 2] { (a, p[i + 2]) } else { (p[i + 2], a) };
+                        hit |= lo <= c && c <= hi;
+                        i += 3;
+                    }
+                    Some(&a) => {
+                        hit |= a == c;
+                        i += 1;
+                    }
+                }
+            }
+            hit != not && glob(&p[(i + 1).min(p.len())..], &s[1..])
+        }
+        Some(b'\\') if p.len() >= 2 => s.first() == Some(&p[1]) && glob(&p[2..], &s[1..]),
+        Some(&a) => s.first() == Some(&a) && glob(&p[1..], &s[1..]),
+    }
+}
 
 /// A sorted set with integer scores (the project only stores deadlines).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -291,6 +341,16 @@ impl Model {
     /// Keys with a prefix, in order, without touching them (no lazy expiry).
     pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.db.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// `KEYS pattern`, as Redis 7.0 lists: a key whose time has passed is left out but not
+    /// deleted (`keyIsExpired`, no lazy expiry, no notification). In key order.
+    pub fn keys_matching(&self, pattern: &[u8]) -> Vec<Vec<u8>> {
+        self.db
+            .iter()
+            .filter(|(k, e)| glob(pattern, k) && e.expire_at.is_none_or(|at| self.now <= at))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     fn lookup(&mut self, key: &[u8]) -> Option<&mut Entry> {
@@ -765,8 +825,136 @@ impl Model {
                 let fields = a[2..].chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect();
                 Reply::Bulk(self.xadd(&a[0], fields)?.to_string().into_bytes())
             }
+            "KEYS" => {
+                arity(1)?;
+                Reply::Array(self.keys_matching(&a[0]).into_iter().map(Reply::Bulk).collect())
+            }
+            "XCLAIM" => {
+                arity(5)?;
+                return self.xclaim_cmd(a);
+            }
+            "XGROUP" => {
+                arity(1)?;
+                return self.xgroup_cmd(a);
+            }
             other => return Err(format!("ERR unknown command '{other}' (not in the model)")),
         })
+    }
+
+    /// `XCLAIM key group consumer min-idle-time id [id ...] [IDLE ms] [TIME ms]
+    /// [RETRYCOUNT n] [FORCE] [JUSTID] [LASTID id]`, parsed as Redis 7.0 does: ids until the
+    /// first argument that is not one, then options.
+    fn xclaim_cmd(&mut self, a: &[Vec<u8>]) -> CmdResult<Reply> {
+        let now = self.now;
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let int = |b: &[u8], what: &str| -> CmdResult<i64> {
+            s(b).parse().map_err(|_| format!("ERR Invalid {what} argument for XCLAIM"))
+        };
+        let strict_id = |b: &[u8]| -> Option<StreamId> {
+            let t = s(b);
+            if t.starts_with(['-', '+']) {
+                return None;
+            }
+            StreamId::parse(&t)
+        };
+        let (key, group, consumer) = (&a[0], s(&a[1]), s(&a[2]));
+        let nogroup = || format!("NOGROUP No such key '{}' or consumer group '{group}'", s(key));
+        match self.stream(key)? {
+            Some(st) if st.groups.contains_key(&group) => {}
+            _ => return Err(nogroup()),
+        }
+        let min_idle = int(&a[3], "min-idle-time")?;
+        let mut ids = vec![];
+        let mut j = 4;
+        while j < a.len() {
+            let Some(id) = strict_id(&a[j]) else { break };
+            ids.push(id);
+            j += 1;
+        }
+        let mut opts = ClaimOptions::default();
+        while j < a.len() {
+            let more = j + 1 < a.len();
+            match s(&a[j]).to_ascii_uppercase().as_str() {
+                "FORCE" => opts.force = true,
+                "JUSTID" => opts.justid = true,
+                "IDLE" if more => {
+                    j += 1;
+                    opts.delivery_time = Some(now - int(&a[j], "IDLE option")?);
+                }
+                "TIME" if more => {
+                    j += 1;
+                    opts.delivery_time = Some(int(&a[j], "TIME option")?);
+                }
+                "RETRYCOUNT" if more => {
+                    j += 1;
+                    opts.retry_count = Some(int(&a[j], "RETRYCOUNT option")?.max(0) as u64);
+                }
+                "LASTID" if more => {
+                    j += 1;
+                    opts.last_id =
+                        Some(strict_id(&a[j]).ok_or("ERR Invalid stream ID specified as stream command argument")?);
+                }
+                _ => return Err(format!("ERR Unrecognized XCLAIM option '{}'", s(&a[j]))),
+            }
+            j += 1;
+        }
+        let st = self.stream(key)?.expect("checked above");
+        let got = st.xclaim(&group, &consumer, min_idle, &ids, &opts, now)?;
+        Ok(Reply::Array(
+            got.into_iter()
+                .map(|(id, f)| {
+                    let id = Reply::Bulk(id.to_string().into_bytes());
+                    match f {
+                        None => id,
+                        Some(f) => Reply::Array(vec![
+                            id,
+                            Reply::Array(f.into_iter().flat_map(|(k, v)| [Reply::Bulk(k), Reply::Bulk(v)]).collect()),
+                        ]),
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    /// `XGROUP SETID key group id|$ [ENTRIESREAD n]` (entries-read is not modelled: nothing
+    /// the model answers depends on it). Other subcommands are not in the model.
+    fn xgroup_cmd(&mut self, a: &[Vec<u8>]) -> CmdResult<Reply> {
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let sub = s(&a[0]);
+        let argc = a.len() + 1;
+        if !sub.eq_ignore_ascii_case("SETID") {
+            return Err(format!("ERR XGROUP {sub} is not in the model"));
+        }
+        let syntax = || format!("ERR unknown subcommand or wrong number of arguments for '{sub}'. Try XGROUP HELP.");
+        if argc < 5 {
+            return Err("ERR wrong number of arguments for 'xgroup|setid' command".into());
+        }
+        if argc > 5 && !(argc == 7 && a[4].eq_ignore_ascii_case(b"ENTRIESREAD")) {
+            return Err(syntax());
+        }
+        if argc == 7 {
+            let n: i64 = s(&a[5]).parse().map_err(|_| "ERR value is not an integer or out of range".to_string())?;
+            if n < 0 && n != -1 {
+                return Err("ERR value for ENTRIESREAD must be positive or -1".into());
+            }
+        }
+        let (key, group) = (&a[1], s(&a[2]));
+        let Some(st) = self.stream(key)? else {
+            return Err("ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to \
+                        use the MKSTREAM option to create an empty stream automatically."
+                .into());
+        };
+        if !st.groups.contains_key(&group) {
+            return Err(format!("NOGROUP No such consumer group '{group}' for key name '{}'", s(key)));
+        }
+        let id = match s(&a[3]).as_str() {
+            "$" => st.last_id,
+            "-" => StreamId::ZERO,
+            "+" => StreamId { ms: u64::MAX, seq: u64::MAX },
+            t => StreamId::parse(t).ok_or("ERR Invalid stream ID specified as stream command argument")?,
+        };
+        st.set_id(&group, id)?;
+        Ok(Reply::Status("OK".into()))
     }
 
     /// Convenience for tests: `call` with string arguments.
@@ -823,5 +1011,85 @@ mod tests {
         assert_eq!(m.cmd(&["PEXPIREAT", "r", "0"]).unwrap(), Reply::Int(1));
         assert_eq!(m.cmd(&["EXISTS", "r"]).unwrap(), Reply::Int(0), "a past PEXPIREAT deletes");
         assert!(m.cmd(&["FLUSHALL"]).is_err());
+    }
+
+    #[test]
+    fn keys_lists_without_expiring() {
+        let mut m = Model::new(0);
+        m.set(b"{n}:a", b"1", false, Some(10));
+        m.set(b"{n}:b", b"1", false, None);
+        m.set(b"other", b"1", false, None);
+        let keys = |m: &mut Model, p: &str| m.cmd(&["KEYS", p]).unwrap();
+        let bulk = |v: &[&str]| Reply::Array(v.iter().map(|k| Reply::Bulk(k.as_bytes().to_vec())).collect());
+        assert_eq!(keys(&mut m, "{n}*"), bulk(&["{n}:a", "{n}:b"]));
+        assert_eq!(keys(&mut m, "{n}:[^a]"), bulk(&["{n}:b"]));
+        assert_eq!(keys(&mut m, "?n}:?"), bulk(&["{n}:a", "{n}:b"]));
+        m.advance(11);
+        assert_eq!(keys(&mut m, "{n}*"), bulk(&["{n}:b"]), "a key past its time is not listed");
+        assert_eq!(m.dbsize(), 3, "... nor deleted");
+        assert_eq!(m.pending_notifications(), 0);
+        assert_eq!(m.cmd(&["PTTL", "{n}:a"]).unwrap(), Reply::Int(-2));
+    }
+
+    #[test]
+    fn xclaim_justid_keeps_the_count_and_setid_redelivers_with_count_one() {
+        let mut m = Model::new(1000);
+        m.xgroup_create(b"s", "g").unwrap();
+        let id1 = m.xadd(b"s", vec![(b"f".to_vec(), b"1".to_vec())]).unwrap().to_string();
+        let id2 = m.xadd(b"s", vec![(b"f".to_vec(), b"2".to_vec())]).unwrap().to_string();
+        let read = |m: &mut Model, c: &str| {
+            let now = m.now();
+            m.stream(b"s").unwrap().unwrap().read_group("g", c, 10, now).unwrap().len()
+        };
+        let pel = |m: &mut Model| {
+            let now = m.now();
+            m.stream(b"s")
+                .unwrap()
+                .unwrap()
+                .pending("g", StreamId::ZERO, StreamId { ms: u64::MAX, seq: u64::MAX }, 10, None, now)
+                .unwrap()
+                .into_iter()
+                .map(|(_, c, _, n)| (c, n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(&mut m, "A"), 2);
+        m.advance(100);
+        // Not idle enough: nothing; then a plain XCLAIM bumps, JUSTID does not.
+        assert_eq!(m.cmd(&["XCLAIM", "s", "g", "B", "200", &id1, "JUSTID"]).unwrap(), Reply::Array(vec![]));
+        assert_eq!(
+            m.cmd(&["XCLAIM", "s", "g", "B", "50", &id1, &id2, "JUSTID"]).unwrap(),
+            Reply::Array(vec![Reply::Bulk(id1.clone().into_bytes()), Reply::Bulk(id2.clone().into_bytes())])
+        );
+        assert_eq!(pel(&mut m), vec![("B".to_string(), 1), ("B".to_string(), 1)]);
+        let full = m.cmd(&["XCLAIM", "s", "g", "A", "0", &id2]).unwrap();
+        assert_eq!(
+            full,
+            Reply::Array(vec![Reply::Array(vec![
+                Reply::Bulk(id2.clone().into_bytes()),
+                Reply::Array(vec![Reply::Bulk(b"f".to_vec()), Reply::Bulk(b"2".to_vec())])
+            ])])
+        );
+        assert_eq!(pel(&mut m), vec![("B".to_string(), 1), ("A".to_string(), 2)]);
+        // SETID moves the group back, the PEL stays; `>` reassigns with count 1.
+        assert_eq!(m.cmd(&["XGROUP", "SETID", "s", "g", "0"]).unwrap(), Reply::Status("OK".into()));
+        assert_eq!(pel(&mut m).len(), 2);
+        assert_eq!(read(&mut m, "C"), 2);
+        assert_eq!(pel(&mut m), vec![("C".to_string(), 1), ("C".to_string(), 1)]);
+        assert_eq!(m.cmd(&["XGROUP", "SETID", "s", "g", "$"]).unwrap(), Reply::Status("OK".into()));
+        assert_eq!(read(&mut m, "C"), 0);
+        assert!(m.cmd(&["XGROUP", "SETID", "s", "nope", "0"]).unwrap_err().starts_with("NOGROUP"));
+        assert!(m.cmd(&["XGROUP", "SETID", "nokey", "g", "0"]).unwrap_err().contains("requires the key to exist"));
+        assert!(m.cmd(&["XCLAIM", "s", "nope", "A", "0", &id1]).unwrap_err().starts_with("NOGROUP"));
+        assert!(m.cmd(&["XCLAIM", "s", "g", "A", "0", &id1, "BOGUS"]).unwrap_err().contains("Unrecognized"));
+        // A deleted entry is dropped from the PEL by XCLAIM.
+        m.stream(b"s").unwrap().unwrap().del(StreamId::parse(&id1).unwrap());
+        assert_eq!(m.cmd(&["XCLAIM", "s", "g", "A", "0", &id1, "JUSTID"]).unwrap(), Reply::Array(vec![]));
+        assert_eq!(pel(&mut m).len(), 1);
+        // FORCE creates a missing PEL entry (count 1, then bumped unless JUSTID).
+        assert_eq!(m.cmd(&["XACK", "s", "g", &id2]).ok(), None, "XACK is not in the dispatcher");
+        m.stream(b"s").unwrap().unwrap().ack("g", StreamId::parse(&id2).unwrap()).unwrap();
+        assert_eq!(m.cmd(&["XCLAIM", "s", "g", "A", "0", &id2, "JUSTID"]).unwrap(), Reply::Array(vec![]));
+        m.cmd(&["XCLAIM", "s", "g", "A", "0", &id2, "FORCE", "JUSTID"]).unwrap();
+        assert_eq!(pel(&mut m), vec![("A".to_string(), 1)]);
     }
 }

@@ -3,7 +3,9 @@
 //! `XREADGROUP >` creates a PEL entry with delivery count 1; `XAUTOCLAIM` scans the PEL from
 //! its cursor (at most `count * 10` attempts), drops entries whose stream entry was deleted,
 //! and bumps the count of what it claims; `XCLAIM` bumps unless `JUSTID`, and `IDLE` backdates
-//! the last delivery; idle is `now - last delivery`.
+//! the last delivery; idle is `now - last delivery`. `XREADGROUP >` over an entry that is
+//! still pending (after `XGROUP SETID` moved the group back) reassigns it to the reader with
+//! delivery count 1 (`streamReplyWithRange`), and `XGROUP SETID` leaves the PEL alone.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +13,17 @@ use std::fmt;
 use super::CmdResult;
 
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `XCLAIM`'s options (Redis 7.0): `IDLE`/`TIME` resolved to an absolute delivery time,
+/// `RETRYCOUNT`, `FORCE`, `JUSTID`, `LASTID`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimOptions {
+    pub delivery_time: Option<i64>,
+    pub retry_count: Option<u64>,
+    pub force: bool,
+    pub justid: bool,
+    pub last_id: Option<StreamId>,
+}
 
 /// `XAUTOCLAIM`'s reply: next cursor, claimed entries, ids dropped because they were deleted.
 pub type Claimed = (StreamId, Vec<(StreamId, Fields)>, Vec<StreamId>);
@@ -179,6 +192,66 @@ impl Stream {
             nack.delivery_count += 1;
         }
         Ok(true)
+    }
+
+    /// `XCLAIM key g consumer min_idle id... [options]`, as Redis 7.0's `xclaimCommand`: an id
+    /// whose stream entry was deleted is dropped from the PEL; an id not pending is skipped
+    /// (unless `FORCE`, which creates it with count 1, then counted as any other); an entry
+    /// idle less than `min_idle` (when > 0) is skipped; what is claimed gets the new owner,
+    /// the delivery time (now unless `IDLE`/`TIME` give a sane one) and its count bumped
+    /// unless `JUSTID` (or set by `RETRYCOUNT`). `LASTID` moves the group forward only.
+    /// Returns the claimed ids, with their fields unless `JUSTID`.
+    pub fn xclaim(
+        &mut self,
+        group: &str,
+        consumer: &str,
+        min_idle: i64,
+        ids: &[StreamId],
+        opts: &ClaimOptions,
+        now: i64,
+    ) -> CmdResult<Vec<(StreamId, Option<Fields>)>> {
+        let entries = &self.entries;
+        let g = self.groups.get_mut(group).ok_or_else(|| nogroup(group))?;
+        let min_idle = min_idle.max(0);
+        if let Some(l) = opts.last_id {
+            if l > g.last_delivered {
+                g.last_delivered = l;
+            }
+        }
+        let t = match opts.delivery_time {
+            Some(t) if t >= 0 && t <= now => t,
+            _ => now,
+        };
+        let mut out = vec![];
+        for id in ids {
+            let Some(fields) = entries.get(id) else {
+                g.pel.remove(id);
+                continue;
+            };
+            let forced = opts.force && !g.pel.contains_key(id);
+            if forced {
+                g.pel.insert(*id, Nack { consumer: String::new(), delivery_time: now, delivery_count: 1 });
+            }
+            let Some(nack) = g.pel.get_mut(id) else { continue };
+            if !forced && min_idle > 0 && now - nack.delivery_time < min_idle {
+                continue;
+            }
+            nack.delivery_time = t;
+            match opts.retry_count {
+                Some(n) => nack.delivery_count = n,
+                None if !opts.justid => nack.delivery_count += 1,
+                None => {}
+            }
+            nack.consumer = consumer.to_string();
+            out.push((*id, (!opts.justid).then(|| fields.clone())));
+        }
+        Ok(out)
+    }
+
+    /// `XGROUP SETID key g id`: the group's last delivered id, PEL untouched.
+    pub fn set_id(&mut self, group: &str, id: StreamId) -> CmdResult<()> {
+        self.group(group)?.last_delivered = id;
+        Ok(())
     }
 
     /// `XPENDING key g start end count [consumer]`: (id, consumer, idle, deliveries).
