@@ -228,7 +228,7 @@ fn pf_state() -> impl Strategy<Value = u8> {
 
 async fn set_state(c: &mut redis::aio::MultiplexedConnection, key: &str, s: u8) {
     let _: () = redis::cmd("DEL").arg(key).query_async(c).await.unwrap();
-    let mut cmd = match s {
+    let cmd = match s {
         0 => return,
         1 => redis::cmd("SET").arg(key).arg("5").to_owned(),
         2 => redis::cmd("SET").arg(key).arg("abc").to_owned(),
