@@ -302,7 +302,15 @@ impl Effect {
 
     fn syntax_error(&self) -> Option<String> {
         const NOT_INT: &str = "ERR value is not an integer or out of range";
-        const NOT_FLOAT: &str = "ERR value is not a valid float";
+        let not_float = |b: &[u8]| {
+            let t = String::from_utf8_lossy(b);
+            let body = t.strip_prefix(['+', '-']).unwrap_or(&t);
+            if body.starts_with("0x") || body.starts_with("0X") {
+                format!("ERR effect option not supported: hexadecimal score {t}")
+            } else {
+                "ERR value is not a valid float".to_string()
+            }
+        };
         let a = &self.args;
         let Some(cmd) = a.first() else { return Some("empty effect".into()) };
         let name = String::from_utf8_lossy(cmd).to_ascii_uppercase();
@@ -313,6 +321,9 @@ impl Effect {
         }
         if n < 2 {
             return arity();
+        }
+        if n > MAX_EFFECT_ARGS {
+            return Some(format!("ERR effect option not supported: {n} arguments (at most {MAX_EFFECT_ARGS})"));
         }
         // Beyond what seconds can express in ms (state-free; the bound that depends on the
         // server's clock is checked by the pre-flight and the model).
@@ -338,6 +349,9 @@ impl Effect {
                             i += 1;
                         }
                         "KEEPTTL" if !ttl => ttl = true,
+                        "EX" | "PX" | "KEEPTTL" if ttl => {
+                            return Some("ERR effect option not supported: SET with two expire options".into())
+                        }
                         "GET" | "EXAT" | "PXAT" => return Some(format!("ERR effect option not supported: SET {o}")),
                         _ => return Some("ERR syntax error".into()),
                     }
@@ -346,6 +360,12 @@ impl Effect {
             }
             "DEL" => {}
             "PEXPIRE" | "EXPIRE" => {
+                if n == 4 {
+                    let o = String::from_utf8_lossy(&a[3]).to_ascii_uppercase();
+                    if ["NX", "XX", "GT", "LT"].contains(&o.as_str()) {
+                        return Some(format!("ERR effect option not supported: {name} {o}"));
+                    }
+                }
                 if n != 3 {
                     return if n < 3 { arity() } else { Some("ERR syntax error".into()) };
                 }
@@ -362,7 +382,7 @@ impl Effect {
                 }
                 if name == "ZINCRBY" {
                     if float_syntax(&a[2]).is_none() {
-                        return Some(NOT_FLOAT.into());
+                        return Some(not_float(&a[2]));
                     }
                 } else if strict_i64(&a[want - 1]).is_none() {
                     return Some(NOT_INT.into());
@@ -380,8 +400,8 @@ impl Effect {
                 if (n - 2) % 2 != 0 {
                     return Some("ERR syntax error".into());
                 }
-                if a[2..].iter().step_by(2).any(|s| float_syntax(s).is_none()) {
-                    return Some(NOT_FLOAT.into());
+                if let Some(bad) = a[2..].iter().step_by(2).find(|s| float_syntax(s).is_none()) {
+                    return Some(not_float(bad));
                 }
             }
             "XADD" => {
@@ -403,6 +423,10 @@ impl Effect {
         None
     }
 }
+
+/// Arguments of one effect at most (`effects.lua` refuses more: Lua's `unpack`, which applies
+/// an effect, takes about 8,000 values).
+pub const MAX_EFFECT_ARGS: usize = 7000;
 
 /// An integer in Redis's strict syntax (its `string2ll`): optional `-`, digits, no `+`, no
 /// leading zeros, no spaces, within i64.
@@ -448,11 +472,16 @@ pub fn float_syntax(b: &[u8]) -> Option<f64> {
             !e.is_empty() && digits(e)
         }
     };
-    if ok_mantissa && ok_exp {
-        s.parse().ok()
-    } else {
-        None
+    if !(ok_mantissa && ok_exp) {
+        return None;
     }
+    // Redis refuses what over- or underflows a double: inf from digits, 0 from a mantissa
+    // that is not zero.
+    let v: f64 = s.parse().ok()?;
+    if v.is_infinite() || (v == 0.0 && mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c))) {
+        return None;
+    }
+    Some(v)
 }
 
 impl fmt::Display for Effect {
@@ -636,11 +665,15 @@ mod tests {
         assert_eq!(e(&["INCRBY", "n", "007"]).as_deref(), Some("ERR value is not an integer or out of range"));
         assert_eq!(e(&["ZADD", "z", "NX", "1", "m"]).as_deref(), Some("ERR effect option not supported: ZADD NX"));
         assert_eq!(e(&["ZADD", "z", "1.5e3", "m", "-inf", "n"]), None);
-        assert_eq!(e(&["ZADD", "z", "0x10", "m"]).as_deref(), Some("ERR value is not a valid float"));
+        assert_eq!(
+            e(&["ZADD", "z", "0x10", "m"]).as_deref(),
+            Some("ERR effect option not supported: hexadecimal score 0x10")
+        );
+        assert_eq!(e(&["ZADD", "z", "1e400", "m"]).as_deref(), Some("ERR value is not a valid float"));
         assert_eq!(e(&["ZINCRBY", "z", "nan", "m"]).as_deref(), Some("ERR value is not a valid float"));
         assert!(e(&["XADD", "s", "1-1", "f", "v"]).unwrap().starts_with("ERR effect option not supported: XADD 1-1"));
         assert_eq!(e(&["XADD", "s", "*", "f"]).as_deref(), Some("ERR wrong number of arguments for 'xadd' command"));
-        assert_eq!(e(&["PEXPIRE", "k", "10", "NX"]).as_deref(), Some("ERR syntax error"));
+        assert_eq!(e(&["PEXPIRE", "k", "10", "NX", "XX"]).as_deref(), Some("ERR syntax error"));
         assert_eq!(e(&["EXPIRE", "k", "-5"]), None);
         assert_eq!(e(&["DEL", "a", "b", "c"]), None);
         assert_eq!(strict_i64(b"-9223372036854775808"), Some(i64::MIN));
@@ -651,6 +684,22 @@ mod tests {
         assert_eq!(float_syntax(b"1."), Some(1.0));
         assert_eq!(float_syntax(b"."), None);
         assert_eq!(float_syntax(b"1e"), None);
+        assert_eq!(float_syntax(b"1e400"), None);
+        assert_eq!(float_syntax(b"-1e400"), None);
+        assert_eq!(float_syntax(b"1e-400"), None);
+        assert_eq!(float_syntax(b"0e-400"), Some(0.0));
+        assert_eq!(e(&["PEXPIRE", "k", "10", "NX"]).as_deref(), Some("ERR effect option not supported: PEXPIRE NX"));
+        assert_eq!(
+            e(&["SET", "k", "v", "EX", "1", "EX", "2"]).as_deref(),
+            Some("ERR effect option not supported: SET with two expire options")
+        );
+        let many: Vec<String> = (0..7001).map(|i| i.to_string()).collect();
+        let mut args = vec!["SADD".to_string(), "s".to_string()];
+        args.extend(many);
+        assert!(Effect { args: args.iter().map(|a| a.as_bytes().to_vec()).collect() }
+            .check()
+            .unwrap_err()
+            .contains("at most 7000"));
     }
 
     #[test]

@@ -342,6 +342,22 @@ impl ModelStore {
                 return Some(describe(i, effects.len(), e, &err));
             }
         }
+        // As effects.lua: keys the pipeline's own scripts write are not for effects.
+        let tag = format!("{{{}}}:", self.keys.ns);
+        let owned = |k: &[u8]| {
+            let k = String::from_utf8_lossy(k);
+            ["idx", "pay", "events", "dead", "stats"].iter().any(|n| k == format!("{tag}{n}"))
+                || k.starts_with(&self.keys.ledger_prefix)
+                || k.starts_with(&format!("{tag}wb:"))
+        };
+        for (i, e) in effects.iter().enumerate() {
+            let name = String::from_utf8_lossy(&e.args[0]).to_ascii_uppercase();
+            let last = if name == "DEL" { e.args.len() } else { 2 };
+            if let Some(k) = e.args[1..last].iter().find(|k| owned(k)) {
+                let err = format!("ERR effect names a key the pipeline owns: {}", String::from_utf8_lossy(k));
+                return Some(describe(i, effects.len(), e, &err));
+            }
+        }
         let mut keys: Vec<Vec<u8>> = vec![];
         for e in effects {
             let name = String::from_utf8_lossy(&e.args[0]).to_ascii_uppercase();

@@ -198,7 +198,11 @@ async fn pending_entries_deleted_from_the_stream_are_dead_lettered_not_lost() {
     // `status` shows them by reason.
     let c = expiry_stream::oracle::check(&ctx.store).await.unwrap();
     assert_eq!(c.oracle.deleted_while_pending, 2, "{:?}", c.oracle);
-    assert!(!c.oracle.ok());
+    assert!(
+        c.oracle.problems(0).contains(&"deleted_while_pending = 2, expected 0".to_string()),
+        "{:?}",
+        c.oracle.problems(0)
+    );
     let kinds = ctx.store.dead_letter_kinds().await.unwrap();
     assert_eq!(
         kinds.get(
@@ -254,7 +258,7 @@ fn pf_effect() -> impl Strategy<Value = Vec<String>> {
         "+1",
         "01",
     ]);
-    let score = proptest::sample::select(vec!["1", "inf", "-inf", "abc", "2.5", "1e3"]);
+    let score = proptest::sample::select(vec!["1", "inf", "-inf", "abc", "2.5", "1e3", "1e400", "1e-400", "0x10"]);
     let field = proptest::sample::select(vec!["f", "g", "h"]);
     let set_opt = proptest::sample::select(vec!["", "NX", "XX", "EX 10", "PX 0", "KEEPTTL", "GET"]);
     let v = |s: Vec<&str>| s.into_iter().filter(|a| !a.is_empty()).map(String::from).collect::<Vec<_>>();
@@ -290,7 +294,11 @@ fn pf_effect() -> impl Strategy<Value = Vec<String>> {
         )
             .prop_map(move |(k, n)| v(vec!["EXPIRE", &k, n])),
         k.clone().prop_map(move |k| v(vec!["HSET", &k, "f"])),
-        k.prop_map(move |k| v(vec!["INCRBY", &k])),
+        k.clone().prop_map(move |k| v(vec!["INCRBY", &k])),
+        (k, proptest::sample::select(vec!["NX", "XX", "GT"]))
+            .prop_map(move |(k, o)| v(vec!["PEXPIRE", &k, "100000", o])),
+        // A key the pipeline's own scripts write: never an effect's.
+        Just(v(vec!["HSET", "{preflight}:stats", "f", "v"])),
     ]
 }
 
@@ -366,7 +374,12 @@ async fn pf_case(ctx: &Ctx, case: u64, states: &[u8], effects: &[Vec<String>]) -
     match (&error, &out[0]) {
         (None, CommitOutcome::Committed) if after == reference => Ok(()),
         // A documented narrowing (ADR 008): options Redis has but effects do not take.
-        (_, CommitOutcome::EffectsRefused(r)) if r.contains("effect option not supported") && after == before => Ok(()),
+        (_, CommitOutcome::EffectsRefused(r))
+            if (r.contains("effect option not supported") || r.contains("names a key the pipeline owns"))
+                && after == before =>
+        {
+            Ok(())
+        }
         (None, o) => {
             Err(format!("Redis applied every effect but the commit said {o:?}; state {after:?} vs {reference:?}"))
         }
@@ -434,7 +447,9 @@ async fn a_duplicate_the_ledger_hides_is_seen_by_the_witnesses() {
     ctx.until("captured", WAIT, || async { ctx.stream().await.len() == 20 }).await;
     // The same expiration captured twice.
     add_entry(&ctx, "bs:3", dls[3]).await;
-    run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &fast_consumers());
+    // No reclaim in this test: every handler run beyond the 20 is the copy's.
+    let calm = ConsumerConfig { claim_idle: Duration::from_secs(60), ..fast_consumers() };
+    run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &calm);
     ctx.until("drained", WAIT, || ctx.drained()).await;
     run.shutdown().await.unwrap();
     let c = expiry_stream::oracle::check(&ctx.store).await.unwrap();

@@ -103,9 +103,16 @@ local function to_dead(stream, dead, id, token, consumer, reason)
   if e[1] then fields = e[1][2] end
   local args = { 'XADD', dead, '*', 'reason', reason, 'entry', id, 'deliveries', token,
     'consumer', consumer }
-  for j = 1, #fields, 2 do
+  -- At most 3,000 fields are kept (Lua's unpack takes about 8,000 values): a foreign entry
+  -- with more is still dead-lettered, with the rest counted.
+  local kept = math.min(#fields, 6000)
+  for j = 1, kept, 2 do
     args[#args + 1] = 'f:' .. fields[j]
     args[#args + 1] = fields[j + 1]
+  end
+  if kept < #fields then
+    args[#args + 1] = 'fields_not_kept'
+    args[#args + 1] = fmt((#fields - kept) / 2)
   end
   redis.call(unpack(args))
 end

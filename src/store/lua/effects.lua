@@ -60,7 +60,19 @@ local function score(s)
       or string.find(s, '^[+-]?%d+%.?%d*[eE][+-]?%d+$') or string.find(s, '^[+-]?%d*%.%d+[eE][+-]?%d+$')) then
     return nil
   end
-  return tonumber(s)
+  local v = tonumber(s)
+  -- Redis refuses what over- or underflows a double (strtod's ERANGE): inf from digits, or 0
+  -- from a mantissa that is not zero.
+  if v == nil or v == math.huge or v == -math.huge then return nil end
+  if v == 0 and string.find(string.match(s, '^[^eE]*'), '[1-9]') then return nil end
+  return v
+end
+
+-- Why a score is refused: Redis takes hexadecimal (strtod), effects do not (a narrowing, in
+-- Rust's words too); anything else is Redis's own refusal.
+local function not_float(s)
+  if string.find(s, '^[+-]?0[xX]') then return 'ERR effect option not supported: hexadecimal score ' .. s end
+  return 'ERR value is not a valid float'
 end
 
 local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
@@ -78,6 +90,20 @@ local function beyond(v, mult, now)
   local bh, bl = I64_HI - math.floor(now / 1e9), I64_LO - (now % 1e9)
   if bl < 0 then bh, bl = bh - 1, bl + 1e9 end
   return vh > bh or (vh == bh and vl > bl)
+end
+
+-- Arguments of one effect at most (Rust: core::MAX_EFFECT_ARGS).
+local MAX_EFFECT_ARGS = 7000
+
+-- Keys the pipeline's own scripts write (set by `preflight`): an effect on one of them would
+-- be checked against a state the commit itself changes before the effect runs.
+local OWNED_EXACT, OWNED_PREFIXES = {}, {}
+local function owned(k)
+  if OWNED_EXACT[k] then return true end
+  for _, p in ipairs(OWNED_PREFIXES) do
+    if string.sub(k, 1, #p) == p then return true end
+  end
+  return false
 end
 
 local function arity(name) return "ERR wrong number of arguments for '" .. string.lower(name) .. "' command" end
@@ -151,6 +177,14 @@ local function check_one(ov, args, now)
     return 'effect command not allowed: ' .. tostring(args[1])
   end
   if n < 2 then return arity(name) end
+  -- Lua's unpack takes about 8,000 values; more would abort the script mid-commit.
+  if n > MAX_EFFECT_ARGS then
+    return string.format('ERR effect option not supported: %d arguments (at most %d)', n, MAX_EFFECT_ARGS)
+  end
+  local last_key = (name == 'DEL') and n or 2
+  for i = 2, last_key do
+    if owned(args[i]) then return 'ERR effect names a key the pipeline owns: ' .. args[i] end
+  end
   if name == 'SET' then
     if n < 3 then return arity(name) end
     local nx, xx, ttl = false, false, false
@@ -169,6 +203,8 @@ local function check_one(ov, args, now)
         ttl = true
         i = i + 1
       elseif o == 'KEEPTTL' and not ttl then ttl = true
+      elseif (o == 'EX' or o == 'PX' or o == 'KEEPTTL') and ttl then
+        return 'ERR effect option not supported: SET with two expire options'
       elseif o == 'GET' or o == 'EXAT' or o == 'PXAT' then return 'ERR effect option not supported: SET ' .. o
       else return 'ERR syntax error' end
       i = i + 1
@@ -183,6 +219,12 @@ local function check_one(ov, args, now)
     for i = 2, n do ov.reset(args[i], 'none') end
     return nil
   elseif name == 'PEXPIRE' or name == 'EXPIRE' then
+    if n == 4 then
+      local o = string.upper(args[4])
+      if o == 'NX' or o == 'XX' or o == 'GT' or o == 'LT' then
+        return 'ERR effect option not supported: ' .. name .. ' ' .. o
+      end
+    end
     if n ~= 3 then return (n < 3) and arity(name) or 'ERR syntax error' end
     local v = i64(args[3])
     if not v then return NOT_INT end
@@ -215,11 +257,11 @@ local function check_one(ov, args, now)
     end
     if (n - 2) % 2 ~= 0 then return 'ERR syntax error' end
     for i = 3, n, 2 do
-      if score(args[i]) == nil then return 'ERR value is not a valid float' end
+      if score(args[i]) == nil then return not_float(args[i]) end
     end
   elseif name == 'ZINCRBY' then
     if n ~= 4 then return arity(name) end
-    if score(args[3]) == nil then return 'ERR value is not a valid float' end
+    if score(args[3]) == nil then return not_float(args[3]) end
   elseif name == 'XADD' then
     if n < 5 then return arity(name) end
     if args[3] ~= '*' then return 'ERR effect option not supported: XADD ' .. args[3] .. " (effects add with '*')" end
@@ -268,10 +310,18 @@ end
 
 -- nil when every effect of `effects` (a list of argument lists) will apply; else
 -- "effect i of n (CMD key): <Redis's error>".
-local function preflight(effects, now)
+local function preflight(effects, now, ledger_prefix)
+  -- The namespace's tag, from the ledger prefix `{ns}:ledger:`.
+  local tag = string.sub(ledger_prefix, 1, #ledger_prefix - #'ledger:')
+  OWNED_EXACT = { [tag .. 'idx'] = true, [tag .. 'pay'] = true, [tag .. 'events'] = true,
+    [tag .. 'dead'] = true, [tag .. 'stats'] = true }
+  OWNED_PREFIXES = { ledger_prefix, tag .. 'wb:' }
   local ov = overlay()
   for i, args in ipairs(effects) do
-    local err = check_one(ov, args, now)
+    -- A read the server refuses (an ACL, a key on another node) refuses the entry; it must
+    -- not abort the script after earlier entries were written.
+    local ok, err = pcall(check_one, ov, args, now)
+    if not ok then err = (type(err) == 'table' and err.err) or tostring(err) end
     if err then
       return string.format('effect %d of %d (%s %s): %s', i, #effects, string.upper(tostring(args[1])),
         tostring(args[2] or ''), err)
