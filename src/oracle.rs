@@ -306,9 +306,12 @@ pub struct Verdict {
     pub external_repeated: u64,
     /// External writes the sink refused for a stale fencing token.
     pub external_fenced: u64,
-    /// External applications beyond one per (key, deadline): an unstable idempotency key.
+    /// External applications beyond one per (key, deadline): the sink honours the event id,
+    /// so this is non-zero only if one expiration reached handlers under two ids (an id not a
+    /// function of key and deadline). A sanity check of the idempotency key, not of delivery.
     pub external_duplicates: u64,
-    /// Effected events with no external write applied (at-least-once broken).
+    /// Effected events with no external write applied (at-least-once broken). The run record
+    /// and the write are one call, so this equals `effects_without_run`: a second view of it.
     pub external_missing: u64,
     /// Effects of events no handler run was recorded for (the effects ledger written by
     /// something other than a handler).
@@ -392,7 +395,8 @@ pub struct Check {
     /// another consumer or entry, or not at all (fenced, suppressed, crashed or refused work).
     #[serde(skip)]
     pub superseded_runs: BTreeMap<String, u64>,
-    /// Each effected created event's deadline, and the capture path of its first handler run.
+    /// Each effected created event's capture time (server ms, from its first effect record) and
+    /// the capture path of its first handler run.
     #[serde(skip)]
     pub captured_via: Vec<(i64, Via)>,
 }
@@ -530,6 +534,8 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let (mut to_capture, mut to_effect, mut times) = (vec![], vec![], vec![]);
     let mut unexpected = 0u64;
     let mut winners: std::collections::HashSet<(u128, String, String)> = std::collections::HashSet::new();
+    // Server time at capture of each effected event (from its first effect record).
+    let mut captured_at: HashMap<u128, i64> = HashMap::new();
     for rec in &effects_raw {
         let s = String::from_utf8_lossy(rec);
         let parts: Vec<&str> = s.split('|').collect();
@@ -552,6 +558,7 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
                 let eff = parts.get(4).and_then(|p| p.parse::<i64>().ok());
                 if let Some(c) = cap {
                     to_capture.push(c - d);
+                    captured_at.insert(id, c);
                 }
                 if let Some(e) = eff {
                     to_effect.push(e - d);
@@ -582,11 +589,8 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
             first_via.entry(id).or_insert(v);
         }
     }
-    let captured_via: Vec<(i64, Via)> = created
-        .iter()
-        .filter(|(id, _)| per_event.contains_key(*id))
-        .filter_map(|(id, (d, _))| first_via.get(id).map(|v| (*d, *v)))
-        .collect();
+    let captured_via: Vec<(i64, Via)> =
+        created.keys().filter_map(|id| Some((*captured_at.get(id)?, *first_via.get(id)?))).collect();
     let dead = dead_records(store).await?;
     let mut dead_set: std::collections::HashSet<u128> = std::collections::HashSet::new();
     let mut deleted_while_pending = 0u64;
@@ -616,17 +620,17 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let seen_entries = entry_event.len() as u64
         + dead.iter().filter(|d| d.event.is_none() && !entry_event.contains_key(&d.entry)).count() as u64;
     let added = entries_added(store).await;
-    let mut applied_per_key: HashMap<(String, String), u64> = HashMap::with_capacity(applied_raw.len());
+    // Grouped by the key's bytes (keys are binary: a lossy text form would merge two keys).
+    let mut applied_per_key: HashMap<(Vec<u8>, Vec<u8>), u64> = HashMap::with_capacity(applied_raw.len());
     let mut applied_events: std::collections::HashSet<u128> =
         std::collections::HashSet::with_capacity(applied_raw.len());
     for rec in &applied_raw {
-        let s = String::from_utf8_lossy(rec);
-        let mut parts = s.splitn(3, '|');
+        let mut parts = rec.splitn(3, |b| *b == b'|');
         let (Some(id), Some(d), Some(k)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        if let Some(id) = parse_hex_id(id) {
+        if let Some(id) = std::str::from_utf8(id).ok().and_then(parse_hex_id) {
             applied_events.insert(id);
         }
-        *applied_per_key.entry((d.to_string(), k.to_string())).or_insert(0) += 1;
+        *applied_per_key.entry((d.to_vec(), k.to_vec())).or_insert(0) += 1;
     }
     let external_duplicates = applied_per_key.values().map(|n| n.saturating_sub(1)).sum();
     let external_missing = per_event.keys().filter(|id| !applied_events.contains(id)).count() as u64;

@@ -167,7 +167,7 @@ pub fn html(r: &RunReport) -> String {
          <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\
          </head><body><h1>expiry-stream run</h1><p><b>Verdict:</b> {}</p>{throughput}{backlog}{latency}<pre>{table}</pre></body></html>\n",
         if r.oracle.ok() && r.drained {
-            "PASS: 0 lost, 0 duplicate effects, 0 dead letters (by the oracle), witnesses agree".to_string()
+            "PASS: 0 lost, 0 duplicate effects, 0 dead-lettered events (by the oracle), witnesses agree".to_string()
         } else {
             format!("FAIL: {}", r.oracle.problems(0).join("; "))
         }

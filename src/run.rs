@@ -385,7 +385,7 @@ impl RunReport {
             self.captured.listener, self.captured.sweeper, self.captured.write,
             self.redis_peak_memory_bytes as f64 / 1048576.0,
             if o.ok() && self.drained {
-                "PASS (0 lost, 0 duplicate effects, 0 dead letters, witnesses agree)".to_string()
+                "PASS (0 lost, 0 duplicate effects, 0 dead-lettered events, witnesses agree)".to_string()
             } else {
                 let mut p = o.problems(0);
                 if !self.drained {

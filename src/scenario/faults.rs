@@ -44,8 +44,9 @@ pub fn bite(
             .map(|(_, n)| *n)
             .sum()
     };
-    // Expirations due while part of the capture layer was down, captured all the same (by
-    // `via`, or by any path when None): what the surviving path did.
+    // Expirations captured (server time at capture) while part of the capture layer was down,
+    // by `via` or by any path when None: the surviving path's work (the killed component was
+    // down for the whole window: it is restarted at its end).
     let in_outage = |ev: &Evidence, via: Option<Via>| -> u64 {
         check
             .captured_via

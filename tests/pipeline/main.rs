@@ -484,18 +484,16 @@ async fn produce_survives_killed_connections_without_gap_or_double() {
     let mut run = Running::default();
     run.listeners(&ctx.store, 1, 0, Some(prefix.clone().into_bytes()));
     run.sweepers(&ctx.store, 1, SweeperConfig::default());
-    // claim_interval above the consumer's 100 ms pause after a failed reclaim: a consumer
-    // makes new connections only after a failed read, and with a shorter interval it would
-    // reclaim (and fail) forever on its killed connection. That is consume's own defect,
-    // reported separately; this test is about produce.
-    // max_deliveries well above 3: a handler that writes on its own connection (the oracle
-    // witness) fails while connections are killed, and its event must not be dead-lettered
-    // for that in this test.
+    // This test is about produce. Consumers reconnect after a failed read or reclaim and at
+    // start-up, and the oracle's witness retries a dropped connection, but under a storm this
+    // dense a handler run can still fail on its own (killed) connection: max_deliveries well
+    // above 3 keeps such events from being dead-lettered here, and a slower reclaim keeps the
+    // consumers' error logs short.
     let consumers =
         ConsumerConfig { claim_interval: Duration::from_millis(500), max_deliveries: 50, ..fast_consumers() };
     run.consumers(&ctx.store, 2, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &consumers);
-    // Let every task make its first connections: a consumer whose start-up connection is
-    // killed exits (start-up is not what this test is about).
+    // Let every task make its first connections before the storm (start-up is not what this
+    // test is about).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The killer, on its own connection (`SKIPME yes` is the default, so it survives).
