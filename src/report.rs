@@ -42,24 +42,7 @@ pub fn markdown(r: &RunReport) -> String {
         o.duplicates_suppressed
     );
     let _ = writeln!(s, "## Witnesses outside the commit path (ADR 009)\n");
-    let _ = writeln!(
-        s,
-        "| handler runs | redeliveries | capture duplicates | stream entries unseen | external applied | external duplicates | external missing | effects without run | deleted while pending |"
-    );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let _ = writeln!(
-        s,
-        "| {} | {} | **{}** | {} | {} | **{}** | {} | {} | {} |\n",
-        o.handler_runs,
-        o.redeliveries,
-        o.capture_duplicates,
-        o.stream_entries_unseen,
-        o.external_applied,
-        o.external_duplicates,
-        o.external_missing,
-        o.effects_without_run,
-        o.deleted_while_pending
-    );
+    let _ = writeln!(s, "{}", o.witness_table());
     let _ = writeln!(s, "## Performance\n");
     let _ = writeln!(s, "| figure | value |\n|---|---:|");
     let _ = writeln!(s, "| wall time (first create to drained) | {:.1} s |", r.wall_s);

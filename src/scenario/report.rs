@@ -194,27 +194,8 @@ impl Report {
             o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered
         );
         let a = &self.acknowledged;
-        let _ = writeln!(s, "## Witnesses outside the commit path\n");
-        let _ = writeln!(
-            s,
-            "| handler runs | redeliveries | capture duplicates | stream entries unseen | external applied | external repeated | external fenced | external duplicates | external missing | effects without run | deleted while pending |"
-        );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            o.handler_runs,
-            o.redeliveries,
-            o.capture_duplicates,
-            o.stream_entries_unseen,
-            o.external_applied,
-            o.external_repeated,
-            o.external_fenced,
-            o.external_duplicates,
-            o.external_missing,
-            o.effects_without_run,
-            o.deleted_while_pending
-        );
+        let _ = writeln!(s, "## Witnesses outside the commit path (ADR 009)\n");
+        let _ = writeln!(s, "{}", o.witness_table());
         let _ = writeln!(
             s,
             "Harness witnesses: {} creations acknowledged to the producer, {} of them missing from Redis; \

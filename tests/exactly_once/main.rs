@@ -15,22 +15,9 @@ use expiry_stream::core::{encode_entry, event_id, CommitOutcome, Effect, Event, 
 use expiry_stream::oracle::RecordHandler;
 use expiry_stream::run::Running;
 use expiry_stream::store::{CommitItem, LedgerConfig, Safety};
-use support::{field_str, Ctx};
+use support::{fast_consumers, field_str, Ctx};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn fast_consumers() -> ConsumerConfig {
-    ConsumerConfig {
-        batch: 4,
-        claim_idle: Duration::from_millis(300),
-        claim_interval: Duration::from_millis(50),
-        block: Duration::from_millis(100),
-        max_deliveries: 3,
-        backoff_base: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(20),
-        ..ConsumerConfig::default()
-    }
-}
 
 /// Every event id in any ledger set of the namespace.
 async fn ledger_ids(ctx: &Ctx) -> HashSet<String> {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use expiry_stream::consume::ConsumerConfig;
 use expiry_stream::provision::{Choice, RedisServer};
 use expiry_stream::store::{RawEntry, Store};
 
@@ -78,4 +79,18 @@ pub fn field<'a>(e: &'a RawEntry, name: &str) -> Option<&'a [u8]> {
 
 pub fn field_str(e: &RawEntry, name: &str) -> String {
     String::from_utf8_lossy(field(e, name).unwrap_or_default()).into_owned()
+}
+
+/// Consumers that reclaim and retry quickly, so tests of faults finish in seconds.
+pub fn fast_consumers() -> ConsumerConfig {
+    ConsumerConfig {
+        batch: 4,
+        claim_idle: Duration::from_millis(300),
+        claim_interval: Duration::from_millis(50),
+        block: Duration::from_millis(100),
+        max_deliveries: 3,
+        backoff_base: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..ConsumerConfig::default()
+    }
 }
