@@ -84,7 +84,8 @@ enum Op {
     XClaim(usize, usize, usize, bool, bool),
     Garbage,
     Advance,
-    /// Composite (expanded by `paced`): sweep, read, commit what was read, as a consumer does.
+    /// Composite (expanded by `paced`): sweep, read, commit what was read, as a consumer does
+    /// (the u8: safety switches in bits 0-1, bit 2 adds effects that cannot apply).
     Flow(usize, u8),
     /// Composite: replay an event seen earlier, read it, commit it (the ledger's case).
     ReplayFlow(usize, usize),
@@ -124,7 +125,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (c.clone(), any::<usize>(), 1..3usize, any::<bool>(), proptest::bool::weighted(0.7))
             .prop_map(|(c, p, n, i, j)| Op::XClaim(c, p, n, i, j)),
         3 => Just(Op::Advance),
-        3 => (c.clone(), 0..4u8).prop_map(|(c, s)| Op::Flow(c, s)),
+        // Bits 0-1: safety switches; bit 2: a batch with effects that cannot apply.
+        3 => (c.clone(), 0..8u8).prop_map(|(c, s)| Op::Flow(c, s)),
         2 => (c.clone(), any::<usize>()).prop_map(|(c, p)| Op::ReplayFlow(c, p)),
         2 => (c.clone(), 0..4u8).prop_map(|(c, s)| Op::StaleFlow(c, s)),
         2 => (c.clone(), any::<bool>(), 0..4u8, any::<usize>()).prop_map(|(c, v, s, p)| Op::Handover(c, v, s, p)),
@@ -711,7 +713,7 @@ fn paced(ops: &[Op]) -> Vec<Op> {
     let mut out = vec![];
     let mut since = 0;
     let expanded = ops.iter().flat_map(|op| match op {
-        Op::Flow(c, s) => vec![Op::Sweep(4), Op::Read(*c, 3), Op::Commit(*c, 0, 3, *s, false)],
+        Op::Flow(c, s) => vec![Op::Sweep(4), Op::Read(*c, 3), Op::Commit(*c, 0, 3, *s & 3, *s & 4 != 0)],
         Op::ReplayFlow(c, p) => vec![Op::Replay(*p), Op::Read(*c, 3), Op::Commit(*c, 0, 3, 0, false)],
         Op::StaleFlow(a, s) => {
             let b = 1 - *a;
