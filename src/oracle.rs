@@ -465,20 +465,6 @@ struct DeadRec {
     deleted_while_pending: bool,
 }
 
-async fn read_stream(store: &Store, key: &str) -> crate::store::Result<Vec<crate::store::RawEntry>> {
-    let mut c = store.conn.clone();
-    let mut out = vec![];
-    let mut from = "-".to_string();
-    loop {
-        let v: redis::Value =
-            redis::cmd("XRANGE").arg(key).arg(&from).arg("+").arg("COUNT").arg(10_000).query_async(&mut c).await?;
-        let entries = crate::store::parse_entries(&v)?;
-        let Some(last) = entries.last() else { return Ok(out) };
-        from = format!("({}", last.id);
-        out.extend(entries);
-    }
-}
-
 fn field<'a>(e: &'a crate::store::RawEntry, name: &[u8]) -> Option<&'a [u8]> {
     e.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
 }
@@ -489,7 +475,8 @@ fn event_of(k: Option<&[u8]>, d: Option<&[u8]>) -> Option<u128> {
 }
 
 async fn dead_records(store: &Store) -> crate::store::Result<Vec<DeadRec>> {
-    Ok(read_stream(store, &store.keys.dead)
+    Ok(store
+        .range_all(&store.keys.dead)
         .await?
         .iter()
         .map(|e| DeadRec {
@@ -626,7 +613,7 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
             entry_event.entry(d.entry.clone()).or_insert(id);
         }
     }
-    for e in read_stream(store, &store.keys.stream).await? {
+    for e in store.range_all(&store.keys.stream).await? {
         if let Some(id) = event_of(field(&e, b"k"), field(&e, b"d")) {
             entry_event.entry(e.id.clone()).or_insert(id);
         }

@@ -643,38 +643,39 @@ impl Store {
 }
 
 impl Store {
-    /// Dead letters by kind of reason (the reason's text up to its first `:`, digits as `N`).
-    pub async fn dead_letter_kinds(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+    /// Every entry of stream `key`, read in pages of 10,000 (`XRANGE`).
+    pub async fn range_all(&self, key: &str) -> Result<Vec<RawEntry>> {
         let mut c = self.conn.clone();
-        let mut out = std::collections::BTreeMap::new();
+        let mut out = vec![];
         let mut from = "-".to_string();
         loop {
-            let v: Value = redis::cmd("XRANGE")
-                .arg(&self.keys.dead)
-                .arg(&from)
-                .arg("+")
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async(&mut c)
-                .await?;
+            let v: Value =
+                redis::cmd("XRANGE").arg(key).arg(&from).arg("+").arg("COUNT").arg(10_000).query_async(&mut c).await?;
             let entries = parse_entries(&v)?;
             let Some(last) = entries.last() else { return Ok(out) };
             from = format!("({}", last.id);
-            for e in &entries {
-                let reason =
-                    e.fields.iter().find(|(k, _)| k == b"reason").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-                let reason = reason.unwrap_or_else(|| "(no reason)".into());
-                let kind: String = reason
-                    .split(':')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .map(|c| if c.is_ascii_digit() { 'N' } else { c })
-                    .collect();
-                let kind = kind.replace("NN", "N").replace("NN", "N");
-                *out.entry(kind).or_insert(0) += 1;
-            }
+            out.extend(entries);
         }
+    }
+
+    /// Dead letters by kind of reason (the reason's text up to its first `:`, digits as `N`).
+    pub async fn dead_letter_kinds(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.range_all(&self.keys.dead).await? {
+            let reason =
+                e.fields.iter().find(|(k, _)| k == b"reason").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            let reason = reason.unwrap_or_else(|| "(no reason)".into());
+            let kind: String = reason
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .map(|c| if c.is_ascii_digit() { 'N' } else { c })
+                .collect();
+            let kind = kind.replace("NN", "N").replace("NN", "N");
+            *out.entry(kind).or_insert(0) += 1;
+        }
+        Ok(out)
     }
 }
 

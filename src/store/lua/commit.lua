@@ -34,6 +34,14 @@ for i = 1, n do
   entries[i] = e
 end
 
+-- Moves entry `e` to the dead-letter stream with `reason`; its result is {code, reason}.
+local function refuse(e, code, reason, counter)
+  to_dead(stream, dead, e.id, e.token, e.consumer, reason)
+  count(counter)
+  count('dead_lettered')
+  return { code, reason }
+end
+
 local now = now_ms()
 local out = {}
 local extended = {}
@@ -53,11 +61,7 @@ for i, e in ipairs(entries) do
       -- the earlier ones really wrote.
       local err = preflight(e.effects, now, prefix)
       if err then
-        local reason = 'effects cannot apply, nothing was written: ' .. err
-        to_dead(stream, dead, e.id, e.token, e.consumer, reason)
-        out[i] = { 4, reason }
-        count('effects_refused')
-        count('dead_lettered')
+        out[i] = refuse(e, 4, 'effects cannot apply, nothing was written: ' .. err, 'effects_refused')
       else
         if ledger then
           redis.call('SADD', lk, e.eid)
@@ -74,17 +78,13 @@ for i, e in ipairs(entries) do
         for j, args in ipairs(e.effects) do
           local r = redis.pcall(unpack(args))
           if type(r) == 'table' and r.err then
-            failed = string.format('effect %d of %d (%s %s): %s', j, #e.effects, string.upper(tostring(args[1])),
-              tostring(args[2]), r.err)
+            failed = effect_error(j, #e.effects, args, r.err)
             break
           end
         end
         if failed then
-          local reason = 'PARTIALLY APPLIED (the pre-flight missed this; earlier effects stay written): ' .. failed
-          to_dead(stream, dead, e.id, e.token, e.consumer, reason)
-          out[i] = { 5, reason }
-          count('effects_partial')
-          count('dead_lettered')
+          local why = 'PARTIALLY APPLIED (the pre-flight missed this; earlier effects stay written): ' .. failed
+          out[i] = refuse(e, 5, why, 'effects_partial')
         else
           out[i] = 1
           count('committed')

@@ -308,6 +308,11 @@ local function check_one(ov, args, now)
   return nil
 end
 
+-- How a failing effect is named in a dead-letter reason (the model's `describe` matches it).
+local function effect_error(i, n, args, err)
+  return string.format('effect %d of %d (%s %s): %s', i, n, string.upper(tostring(args[1])), tostring(args[2] or ''), err)
+end
+
 -- nil when every effect of `effects` (a list of argument lists) will apply; else
 -- "effect i of n (CMD key): <Redis's error>".
 local function preflight(effects, now, ledger_prefix)
@@ -323,8 +328,7 @@ local function preflight(effects, now, ledger_prefix)
     local ok, err = pcall(check_one, ov, args, now)
     if not ok then err = (type(err) == 'table' and err.err) or tostring(err) end
     if err then
-      return string.format('effect %d of %d (%s %s): %s', i, #effects, string.upper(tostring(args[1])),
-        tostring(args[2] or ''), err)
+      return effect_error(i, #effects, args, err)
     end
   end
   return nil
