@@ -40,7 +40,6 @@ pub mod capture;
 pub mod consume;
 pub mod core;
 pub mod fault;
-pub mod model;
 pub mod oracle;
 pub mod provision;
 pub mod report;

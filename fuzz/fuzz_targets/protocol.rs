@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use expiry_stream::core::{decode_entry, CommitOutcome, Effect, Via};
-use expiry_stream::model::{Model, ModelStore};
+use expiry_stream::store::model::Model;
+use expiry_stream::store::ModelStore;
 use expiry_stream::store::{CommitItem, LedgerConfig, RawEntry, Safety};
 use libfuzzer_sys::fuzz_target;
 

@@ -262,15 +262,10 @@ pub fn ledger_bucket(deadline_ms: i64, bucket_ms: i64) -> i64 {
     deadline_ms.div_euclid(bucket_ms.max(1))
 }
 
-/// Commands a handler's Redis-side effects may use (the allow-list in `commit.lua`): writes
-/// to keys, nothing that blocks, scripts, or changes server state.
-pub const EFFECT_COMMANDS: &[&str] = &[
-    "SET", "HSET", "HINCRBY", "INCRBY", "INCR", "RPUSH", "LPUSH", "SADD", "ZADD", "XADD", "DEL", "PEXPIRE", "EXPIRE",
-    "ZINCRBY", "HDEL", "SREM",
-];
-
-/// A Redis-side effect a handler asks to be committed atomically with the ack:
-/// a command from [`EFFECT_COMMANDS`] and its arguments.
+/// A Redis-side effect a handler asks to be committed atomically with the ack: a command and
+/// its arguments. Which commands and options are allowed, and what may not apply, is decided
+/// in one place, the commit script's pre-flight (`store/lua/effects.lua`, `check_one`): writes
+/// to keys, nothing that blocks, runs scripts or changes server state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effect {
     pub args: Vec<Vec<u8>>,
@@ -286,202 +281,6 @@ impl Effect {
         v.extend(args.into_iter().map(|a| a.as_ref().to_vec()));
         Effect { args: v }
     }
-}
-
-impl Effect {
-    /// Why this effect cannot be committed, if its syntax already says so: the command is not
-    /// allowed, or its arity, options or arguments are wrong. The words are Redis's (the
-    /// pre-flight in `store/lua/effects.lua` checks the same rules, then key types and values,
-    /// against the server's state). Keep the two in step.
-    pub fn check(&self) -> Result<(), String> {
-        match self.syntax_error() {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
-    }
-
-    fn syntax_error(&self) -> Option<String> {
-        const NOT_INT: &str = "ERR value is not an integer or out of range";
-        let not_float = |b: &[u8]| {
-            let t = String::from_utf8_lossy(b);
-            let body = t.strip_prefix(['+', '-']).unwrap_or(&t);
-            if body.starts_with("0x") || body.starts_with("0X") {
-                format!("ERR effect option not supported: hexadecimal score {t}")
-            } else {
-                "ERR value is not a valid float".to_string()
-            }
-        };
-        let a = &self.args;
-        let Some(cmd) = a.first() else { return Some("empty effect".into()) };
-        let name = String::from_utf8_lossy(cmd).to_ascii_uppercase();
-        let n = a.len();
-        let arity = || Some(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
-        if !EFFECT_COMMANDS.contains(&name.as_str()) {
-            return Some(format!("effect command not allowed: {}", show(cmd)));
-        }
-        if n < 2 {
-            return arity();
-        }
-        if n > MAX_EFFECT_ARGS {
-            return Some(format!("ERR effect option not supported: {n} arguments (at most {MAX_EFFECT_ARGS})"));
-        }
-        // Beyond what seconds can express in ms (state-free; the bound that depends on the
-        // server's clock is checked by the pre-flight and the model).
-        let too_far = |v: i64, mult: i64| mult == 1000 && v.checked_mul(1000).is_none();
-        match name.as_str() {
-            "SET" => {
-                if n < 3 {
-                    return arity();
-                }
-                let (mut nx, mut xx, mut ttl) = (false, false, false);
-                let mut i = 3;
-                while i < n {
-                    let o = String::from_utf8_lossy(&a[i]).to_ascii_uppercase();
-                    match o.as_str() {
-                        "NX" if !xx => nx = true,
-                        "XX" if !nx => xx = true,
-                        "EX" | "PX" if !ttl && i + 1 < n => {
-                            let Some(v) = strict_i64(&a[i + 1]) else { return Some(NOT_INT.into()) };
-                            if v <= 0 || too_far(v, if o == "EX" { 1000 } else { 1 }) {
-                                return Some("ERR invalid expire time in 'set' command".into());
-                            }
-                            ttl = true;
-                            i += 1;
-                        }
-                        "KEEPTTL" if !ttl => ttl = true,
-                        "EX" | "PX" | "KEEPTTL" if ttl => {
-                            return Some("ERR effect option not supported: SET with two expire options".into())
-                        }
-                        "GET" | "EXAT" | "PXAT" => return Some(format!("ERR effect option not supported: SET {o}")),
-                        _ => return Some("ERR syntax error".into()),
-                    }
-                    i += 1;
-                }
-            }
-            "DEL" => {}
-            "PEXPIRE" | "EXPIRE" => {
-                if n == 4 {
-                    let o = String::from_utf8_lossy(&a[3]).to_ascii_uppercase();
-                    if ["NX", "XX", "GT", "LT"].contains(&o.as_str()) {
-                        return Some(format!("ERR effect option not supported: {name} {o}"));
-                    }
-                }
-                if n != 3 {
-                    return if n < 3 { arity() } else { Some("ERR syntax error".into()) };
-                }
-                let Some(v) = strict_i64(&a[2]) else { return Some(NOT_INT.into()) };
-                if too_far(v, if name == "EXPIRE" { 1000 } else { 1 }) {
-                    return Some(format!("ERR invalid expire time in '{}' command", name.to_ascii_lowercase()));
-                }
-            }
-            "INCR" if n != 2 => return arity(),
-            "INCRBY" | "HINCRBY" | "ZINCRBY" => {
-                let want = if name == "INCRBY" { 3 } else { 4 };
-                if n != want {
-                    return arity();
-                }
-                if name == "ZINCRBY" {
-                    if float_syntax(&a[2]).is_none() {
-                        return Some(not_float(&a[2]));
-                    }
-                } else if strict_i64(&a[want - 1]).is_none() {
-                    return Some(NOT_INT.into());
-                }
-            }
-            "HSET" if n < 4 || (n - 2) % 2 != 0 => return arity(),
-            "HDEL" | "RPUSH" | "LPUSH" | "SADD" | "SREM" if n < 3 => return arity(),
-            "ZADD" => {
-                if n < 4 {
-                    return arity();
-                }
-                if float_syntax(&a[2]).is_none() && !a[2].is_empty() && a[2].iter().all(u8::is_ascii_alphabetic) {
-                    return Some(format!("ERR effect option not supported: ZADD {}", show(&a[2])));
-                }
-                if (n - 2) % 2 != 0 {
-                    return Some("ERR syntax error".into());
-                }
-                if let Some(bad) = a[2..].iter().step_by(2).find(|s| float_syntax(s).is_none()) {
-                    return Some(not_float(bad));
-                }
-            }
-            "XADD" => {
-                if n < 5 {
-                    return arity();
-                }
-                if a[2] != b"*" {
-                    return Some(format!(
-                        "ERR effect option not supported: XADD {} (effects add with '*')",
-                        show(&a[2])
-                    ));
-                }
-                if (n - 3) % 2 != 0 {
-                    return arity();
-                }
-            }
-            _ => {}
-        }
-        None
-    }
-}
-
-/// Arguments of one effect at most (`effects.lua` refuses more: Lua's `unpack`, which applies
-/// an effect, takes about 8,000 values).
-pub const MAX_EFFECT_ARGS: usize = 7000;
-
-/// An integer in Redis's strict syntax (its `string2ll`): optional `-`, digits, no `+`, no
-/// leading zeros, no spaces, within i64.
-pub fn strict_i64(b: &[u8]) -> Option<i64> {
-    let digits = b.strip_prefix(b"-").unwrap_or(b);
-    if digits.is_empty() || b.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if (digits.len() > 1 && digits[0] == b'0') || b == b"-0" {
-        return None;
-    }
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// A score as `effects.lua` accepts it: decimal with optional fraction and exponent, or
-/// `inf`, `+inf`, `-inf` (no hex, no `nan`).
-pub fn float_syntax(b: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(b).ok()?;
-    match s.to_ascii_lowercase().as_str() {
-        "inf" | "+inf" => return Some(f64::INFINITY),
-        "-inf" => return Some(f64::NEG_INFINITY),
-        _ => {}
-    }
-    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let (mantissa, exp) = match body.find(['e', 'E']) {
-        Some(i) => (&body[..i], Some(&body[i + 1..])),
-        None => (body, None),
-    };
-    let (int, frac) = match mantissa.find('.') {
-        Some(i) => (&mantissa[..i], Some(&mantissa[i + 1..])),
-        None => (mantissa, None),
-    };
-    let digits = |x: &str| x.bytes().all(|c| c.is_ascii_digit());
-    let ok_mantissa = match frac {
-        None => !int.is_empty() && digits(int),
-        Some(f) => digits(int) && digits(f) && !(int.is_empty() && f.is_empty()) && (!int.is_empty() || !f.is_empty()),
-    };
-    let ok_mantissa = ok_mantissa && !(frac == Some("") && int.is_empty());
-    let ok_exp = match exp {
-        None => true,
-        Some(e) => {
-            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-            !e.is_empty() && digits(e)
-        }
-    };
-    if !(ok_mantissa && ok_exp) {
-        return None;
-    }
-    // Redis refuses what over- or underflows a double: inf from digits, 0 from a mantissa
-    // that is not zero.
-    let v: f64 = s.parse().ok()?;
-    if v.is_infinite() || (v == 0.0 && mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c))) {
-        return None;
-    }
-    Some(v)
 }
 
 impl fmt::Display for Effect {
@@ -544,10 +343,10 @@ pub enum Next {
 /// `unit` is a uniform draw from [0, 1) for the backoff jitter.
 pub fn after_handler(result: Result<Vec<Effect>, HandlerError>, token: u64, policy: &RetryPolicy, unit: f64) -> Next {
     match result {
-        Ok(effects) => match effects.iter().try_for_each(Effect::check) {
-            Ok(()) => Next::Commit(effects),
-            Err(why) => Next::DeadLetter(format!("handler returned a bad effect: {why}")),
-        },
+        // Effects are checked once, by the commit script's pre-flight against the server's
+        // state (`store/lua/effects.lua`): one that cannot apply is dead-lettered there with
+        // Redis's words and nothing of the entry is written.
+        Ok(effects) => Next::Commit(effects),
         Err(HandlerError::Permanent(reason)) => Next::DeadLetter(format!("handler refused: {reason}")),
         Err(HandlerError::Transient(reason)) if token >= policy.max_deliveries => {
             Next::DeadLetter(format!("handler failed {token} times, last error: {reason}"))
@@ -636,70 +435,9 @@ mod tests {
             Next::DeadLetter("handler refused: gone".into())
         );
         assert_eq!(after_handler(Ok(vec![]), 1, &p, 0.5), Next::Commit(vec![]));
+        // A forbidden effect goes to the commit, whose pre-flight refuses it (tests/exactly_once).
         let eval = Effect::new("EVAL", ["return 1", "0"]);
-        assert_eq!(
-            after_handler(Ok(vec![eval]), 1, &p, 0.5),
-            Next::DeadLetter("handler returned a bad effect: effect command not allowed: EVAL".into())
-        );
-        assert!(Effect::new("rpush", ["k", "v"]).check().is_ok());
-        assert!(Effect { args: vec![] }.check().is_err());
-    }
-
-    #[test]
-    fn effect_syntax_in_redis_words() {
-        let e = |args: &[&str]| Effect::new(args[0], &args[1..]).check().err();
-        assert_eq!(e(&["SET", "k", "v", "EX", "10", "NX"]), None);
-        assert_eq!(e(&["SET", "k", "v", "KEEPTTL", "XX"]), None);
-        assert_eq!(e(&["SET", "k", "v", "GET"]).as_deref(), Some("ERR effect option not supported: SET GET"));
-        assert_eq!(e(&["SET", "k", "v", "NX", "XX"]).as_deref(), Some("ERR syntax error"));
-        // Redis takes a repeated flag (its parser only refuses contradictions).
-        assert_eq!(e(&["SET", "k", "v", "NX", "NX"]), None);
-        assert_eq!(e(&["SET", "k", "v", "EX", "0"]).as_deref(), Some("ERR invalid expire time in 'set' command"));
-        assert_eq!(e(&["SET", "k", "v", "PX", "+5"]).as_deref(), Some("ERR value is not an integer or out of range"));
-        assert_eq!(e(&["SET", "k"]).as_deref(), Some("ERR wrong number of arguments for 'set' command"));
-        assert_eq!(e(&["HSET", "h", "f"]).as_deref(), Some("ERR wrong number of arguments for 'hset' command"));
-        assert_eq!(
-            e(&["HSET", "h", "f", "v", "g"]).as_deref(),
-            Some("ERR wrong number of arguments for 'hset' command")
-        );
-        assert_eq!(e(&["INCRBY", "n", "007"]).as_deref(), Some("ERR value is not an integer or out of range"));
-        assert_eq!(e(&["ZADD", "z", "NX", "1", "m"]).as_deref(), Some("ERR effect option not supported: ZADD NX"));
-        assert_eq!(e(&["ZADD", "z", "1.5e3", "m", "-inf", "n"]), None);
-        assert_eq!(
-            e(&["ZADD", "z", "0x10", "m"]).as_deref(),
-            Some("ERR effect option not supported: hexadecimal score 0x10")
-        );
-        assert_eq!(e(&["ZADD", "z", "1e400", "m"]).as_deref(), Some("ERR value is not a valid float"));
-        assert_eq!(e(&["ZINCRBY", "z", "nan", "m"]).as_deref(), Some("ERR value is not a valid float"));
-        assert!(e(&["XADD", "s", "1-1", "f", "v"]).unwrap().starts_with("ERR effect option not supported: XADD 1-1"));
-        assert_eq!(e(&["XADD", "s", "*", "f"]).as_deref(), Some("ERR wrong number of arguments for 'xadd' command"));
-        assert_eq!(e(&["PEXPIRE", "k", "10", "NX", "XX"]).as_deref(), Some("ERR syntax error"));
-        assert_eq!(e(&["EXPIRE", "k", "-5"]), None);
-        assert_eq!(e(&["DEL", "a", "b", "c"]), None);
-        assert_eq!(strict_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(strict_i64(b"9223372036854775808"), None);
-        assert_eq!(strict_i64(b"-0"), None);
-        assert_eq!(strict_i64(b" 1"), None);
-        assert_eq!(float_syntax(b".5"), Some(0.5));
-        assert_eq!(float_syntax(b"1."), Some(1.0));
-        assert_eq!(float_syntax(b"."), None);
-        assert_eq!(float_syntax(b"1e"), None);
-        assert_eq!(float_syntax(b"1e400"), None);
-        assert_eq!(float_syntax(b"-1e400"), None);
-        assert_eq!(float_syntax(b"1e-400"), None);
-        assert_eq!(float_syntax(b"0e-400"), Some(0.0));
-        assert_eq!(e(&["PEXPIRE", "k", "10", "NX"]).as_deref(), Some("ERR effect option not supported: PEXPIRE NX"));
-        assert_eq!(
-            e(&["SET", "k", "v", "EX", "1", "EX", "2"]).as_deref(),
-            Some("ERR effect option not supported: SET with two expire options")
-        );
-        let many: Vec<String> = (0..7001).map(|i| i.to_string()).collect();
-        let mut args = vec!["SADD".to_string(), "s".to_string()];
-        args.extend(many);
-        assert!(Effect { args: args.iter().map(|a| a.as_bytes().to_vec()).collect() }
-            .check()
-            .unwrap_err()
-            .contains("at most 7000"));
+        assert_eq!(after_handler(Ok(vec![eval.clone()]), 1, &p, 0.5), Next::Commit(vec![eval]));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (tests/loom only) these are loom's types, so the same model code runs under loom's
 //! exhaustive scheduler. A cargo feature and not `--cfg loom`, because that cfg would also
 //! change tokio and force a rebuild of every dependency. Nothing in the library's production
-//! paths uses this module: it exists for the models that share [`crate::model`] between threads.
+//! paths uses this module: it exists for the models that share [`crate::store::model`] between threads.
 
 #[cfg(feature = "loom")]
 pub use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::rng::Rng;
 use crate::core::{event_id, Event, Via};
-use crate::model::ModelStore;
+use crate::store::ModelStore;
 
 #[derive(Clone, Debug)]
 struct Created {

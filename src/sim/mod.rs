@@ -1,4 +1,4 @@
-//! Deterministic simulation over the in-memory model ([`crate::model`]): a seed fixes every
+//! Deterministic simulation over the in-memory model ([`crate::store::model`]): a seed fixes every
 //! option ([`options::Options::from_seed`], swarm testing) and every later draw (one in-house
 //! splitmix64, [`rng`]); time is virtual. The whole pipeline runs as actors ([`world`]):
 //! producer, Redis's active expiry, listeners that miss notifications, sweepers, consumers
@@ -76,7 +76,7 @@ pub struct Report {
     /// Virtual time at the end, ms since the start.
     pub end_ms: i64,
     pub counts: Counts,
-    pub model: crate::model::ModelCounters,
+    pub model: crate::store::model::ModelCounters,
     pub lost_sample: Vec<String>,
     /// FNV-1a of the event log: equal for equal seeds, or the run is not deterministic.
     pub event_log_hash: String,

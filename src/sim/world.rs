@@ -14,7 +14,8 @@ use super::checker::Checker;
 use super::options::{Options, Persistence};
 use super::rng::{Fnv, Rng};
 use crate::core::{admit, after_handler, encode_entry, Admit, CommitOutcome, Effect, Event, HandlerError, Next, Via};
-use crate::model::{Model, ModelStore};
+use crate::store::model::Model;
+use crate::store::ModelStore;
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Safety};
 
 /// Virtual start time (Unix ms): fixed, so a seed replays exactly.
@@ -128,7 +129,7 @@ pub struct Outcome {
     pub drained: bool,
     pub end_ms: i64,
     pub log_hash: u64,
-    pub model: crate::model::ModelCounters,
+    pub model: crate::store::model::ModelCounters,
 }
 
 pub struct World {

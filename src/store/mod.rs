@@ -15,42 +15,20 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 
 use crate::core::{CommitOutcome, Event};
 
+pub mod model;
+mod model_store;
 pub mod protocol;
+pub mod scripts;
 
-macro_rules! script {
-    ($($file:literal),+) => {
-        Script::new(concat!(include_str!("lua/common.lua") $(, "\n", include_str!(concat!("lua/", $file)))+))
-    };
-}
+pub use model_store::ModelStore;
+use scripts::{Call, ScriptId};
 
 /// The script set, loaded once per process (EVALSHA, re-loaded on NOSCRIPT after a restart).
-pub struct Scripts {
-    pub write: Script,
-    pub track: Script,
-    pub capture: Script,
-    pub sweep: Script,
-    pub commit: Script,
-    pub dead_letter: Script,
-    pub release: Script,
-    pub prune: Script,
-    pub retry: Script,
-    pub claim: Script,
-}
+struct Scripts(std::collections::BTreeMap<ScriptId, Script>);
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts {
-            write: script!("write.lua"),
-            track: script!("track.lua"),
-            capture: script!("capture.lua"),
-            sweep: script!("sweep.lua"),
-            commit: script!("effects.lua", "commit.lua"),
-            dead_letter: script!("dead_letter.lua"),
-            release: script!("release.lua"),
-            prune: script!("prune.lua"),
-            retry: script!("retry.lua"),
-            claim: script!("claim.lua"),
-        }
+        Scripts(ScriptId::ALL.into_iter().map(|s| (s, Script::new(s.source()))).collect())
     }
 }
 
@@ -152,7 +130,7 @@ pub const BATCH_RECORD_TTL: Duration = Duration::from_secs(600);
 /// Longest text of an unexpected reply kept in an error message, in bytes.
 const REPLY_TEXT_MAX: usize = 200;
 
-fn bad(what: &'static str, v: &Value) -> StoreError {
+pub(crate) fn bad(what: &'static str, v: &Value) -> StoreError {
     StoreError::Reply { what, reply: clip_text(&format!("{v:?}"), REPLY_TEXT_MAX) }
 }
 
@@ -257,7 +235,7 @@ impl Safety {
         s
     }
 
-    fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match (self.fence, self.ledger) {
             (true, true) => "fence,ledger",
             (true, false) => "fence",
@@ -338,8 +316,17 @@ impl Store {
         }
     }
 
-    fn base_keys<'a>(&'a self, inv: &mut redis::ScriptInvocation<'a>) {
-        inv.key(&self.keys.idx).key(&self.keys.pay).key(&self.keys.stream).key(&self.keys.stats);
+    /// Runs `call` on `conn` (EVALSHA, loading the script on NOSCRIPT).
+    async fn eval(&self, conn: &mut (impl redis::aio::ConnectionLike + Send), call: Call) -> Result<Value> {
+        let script = &self.scripts.0[&call.script];
+        let mut inv = script.prepare_invoke();
+        for k in &call.keys {
+            inv.key(k.as_slice());
+        }
+        for a in &call.args {
+            inv.arg(a.as_slice());
+        }
+        Ok(inv.invoke_async(conn).await?)
     }
 
     /// `set_with_ttl` for a batch of `(key, value, ttl)`, one atomic script call. Returns each
@@ -369,48 +356,23 @@ impl Store {
         if items.is_empty() {
             return Ok(vec![]);
         }
-        let mut inv = self.scripts.write.prepare_invoke();
-        self.base_keys(&mut inv);
-        for (k, v, ttl) in items {
-            inv.key(k.as_slice()).arg(ttl.as_millis().max(1) as u64).arg(v.as_slice());
-        }
-        // The batch record goes last, as one more key and one more argument (its PX): the
-        // odd argument count is how write.lua tells the two forms apart.
-        let record = batch_id.map(|id| format!("{{{}}}:wb:{id}", self.keys.ns));
-        if let Some(r) = &record {
-            inv.key(r.as_str()).arg(BATCH_RECORD_TTL.as_millis() as u64);
-        }
-        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+        let v = self.eval(&mut self.conn.clone(), scripts::write(&self.keys, items, batch_id)).await?;
+        scripts::write_reply(&v)
     }
 
     /// Registers an existing key with a TTL. `Ok(None)` when it has no TTL or does not exist.
     pub async fn track(&self, key: &[u8]) -> Result<Option<i64>> {
-        let mut inv = self.scripts.track.prepare_invoke();
-        self.base_keys(&mut inv);
-        inv.key(key);
-        let dl: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok((dl >= 0).then_some(dl))
+        scripts::track_reply(&self.eval(&mut self.conn.clone(), scripts::track(&self.keys, key)).await?)
     }
 
     /// Runs the capture step for keys named by notifications. Returns (emitted, moved, dropped).
     pub async fn capture(&self, keys: &[Vec<u8>], via: crate::core::Via) -> Result<(u64, u64, u64)> {
-        let mut inv = self.scripts.capture.prepare_invoke();
-        self.base_keys(&mut inv);
-        for k in keys {
-            inv.key(k.as_slice());
-        }
-        inv.arg(via.tag());
-        let r: (u64, u64, u64) = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(r)
+        scripts::capture_reply(&self.eval(&mut self.conn.clone(), scripts::capture(&self.keys, keys, via)).await?)
     }
 
     /// Captures up to `limit` due index entries, by the server's clock.
     pub async fn sweep(&self, limit: usize) -> Result<Sweep> {
-        let mut inv = self.scripts.sweep.prepare_invoke();
-        self.base_keys(&mut inv);
-        inv.arg(limit);
-        let (emitted, examined, next, now): (u64, u64, i64, i64) = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(Sweep { emitted, examined, next_deadline_ms: (next >= 0).then_some(next), now_ms: now })
+        scripts::sweep_reply(&self.eval(&mut self.conn.clone(), scripts::sweep(&self.keys, limit)).await?)
     }
 
     /// `XREADGROUP ... >` on a dedicated connection.
@@ -421,19 +383,8 @@ impl Store {
         count: usize,
         block: Duration,
     ) -> Result<Vec<RawEntry>> {
-        let v: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.keys.stream)
-            .arg(">")
-            .query_async(conn)
-            .await?;
+        let args = scripts::read_command(&self.keys, &self.group, consumer, count, Some(block));
+        let v: Value = command(&args).query_async(conn).await?;
         parse_xread(&v)
     }
 
@@ -449,29 +400,13 @@ impl Store {
         cursor: &str,
         count: usize,
     ) -> Result<Claimed> {
-        let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(&self.keys.stream).key(&self.keys.dead).key(&self.keys.stats);
-        inv.arg(&self.group).arg(consumer).arg(min_idle.as_millis() as u64).arg(cursor).arg(count);
-        let v: Value = inv.invoke_async(conn).await?;
-        let items = as_array(&v).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
-        let next = items.first().and_then(as_string).ok_or_else(|| bad("XAUTOCLAIM", &v))?;
-        let entries = match items.get(1) {
-            Some(list) => parse_entries(list)?,
-            None => vec![],
-        };
-        let deleted = match items.get(2).and_then(as_array) {
-            Some(ids) => ids
-                .iter()
-                .map(|i| as_string(i).ok_or_else(|| bad("XAUTOCLAIM deleted ids", i)))
-                .collect::<Result<_>>()?,
-            None => vec![],
-        };
+        let call = scripts::claim(&self.keys, &self.group, consumer, min_idle, cursor, count);
+        let (next, entries, deleted) = scripts::claim_reply(&self.eval(conn, call).await?)?;
         if entries.is_empty() {
             return Ok(Claimed { next, entries: vec![], deleted });
         }
         let tokens = self.tokens(conn, consumer, &entries).await?;
-        let out = entries.into_iter().filter_map(|e| tokens.get(&e.id).map(|t| (e.clone(), *t))).collect();
-        Ok(Claimed { next, entries: out, deleted })
+        Ok(Claimed { next, entries: scripts::with_tokens(entries, &tokens), deleted })
     }
 
     /// [`Store::reclaim`] without the deleted ids: (next cursor, claimed entries and tokens).
@@ -494,26 +429,9 @@ impl Store {
         consumer: &str,
         entries: &[RawEntry],
     ) -> Result<HashMap<String, u64>> {
-        let first = &entries.first().expect("non-empty").id;
-        let last = &entries.last().expect("non-empty").id;
-        let v: Value = redis::cmd("XPENDING")
-            .arg(&self.keys.stream)
-            .arg(&self.group)
-            .arg(first)
-            .arg(last)
-            .arg(entries.len() * 2 + 16)
-            .arg(consumer)
-            .query_async(conn)
-            .await?;
-        let mut out = HashMap::new();
-        for row in as_array(&v).ok_or_else(|| bad("XPENDING", &v))? {
-            let r = as_array(row).ok_or_else(|| bad("XPENDING", row))?;
-            let (Some(id), Some(n)) = (r.first().and_then(as_string), r.get(3).and_then(as_int)) else {
-                return Err(bad("XPENDING", row));
-            };
-            out.insert(id, n as u64);
-        }
-        Ok(out)
+        let args = scripts::tokens_command(&self.keys, &self.group, consumer, entries);
+        let v: Value = command(&args).query_async(conn).await?;
+        scripts::tokens_reply(&v)
     }
 
     /// The fenced commit of one consumer's batch: one script call.
@@ -536,29 +454,7 @@ impl Store {
         ledger: LedgerConfig,
         items: &[(&str, &CommitItem<'_>)],
     ) -> Result<Vec<CommitOutcome>> {
-        let mut inv = self.scripts.commit.prepare_invoke();
-        inv.key(&self.keys.stream).key(&self.keys.stats).key(&self.keys.dead);
-        inv.arg(&self.group)
-            .arg(&self.keys.ledger_prefix)
-            .arg(ledger.bucket.as_millis() as u64)
-            .arg(ledger.retention.as_millis() as u64)
-            .arg(ledger.safety.arg())
-            .arg(items.len());
-        for (consumer, it) in items {
-            inv.arg(it.entry_id)
-                .arg(*consumer)
-                .arg(it.token)
-                .arg(&it.event.event_id)
-                .arg(it.event.deadline_ms)
-                .arg(it.effects.len());
-            for e in it.effects {
-                inv.arg(e.args.len());
-                for a in &e.args {
-                    inv.arg(a.as_slice());
-                }
-            }
-        }
-        let v: Value = inv.invoke_async(conn).await?;
+        let v = self.eval(conn, scripts::commit(&self.keys, &self.group, ledger, items)).await?;
         parse_commit_reply(&v, items.len())
     }
 
@@ -572,11 +468,8 @@ impl Store {
         token: u64,
         reason: &str,
     ) -> Result<bool> {
-        let mut inv = self.scripts.dead_letter.prepare_invoke();
-        inv.key(&self.keys.stream).key(&self.keys.dead).key(&self.keys.stats);
-        inv.arg(&self.group).arg(consumer).arg(entry_id).arg(token).arg(reason);
-        let r: i64 = inv.invoke_async(conn).await?;
-        Ok(r == 1)
+        let call = scripts::dead_letter(&self.keys, &self.group, consumer, entry_id, token, reason);
+        scripts::dead_letter_reply(&self.eval(conn, call).await?)
     }
 
     /// Takes another delivery of an entry this consumer holds (a retry): bumps its delivery
@@ -588,10 +481,8 @@ impl Store {
         entry_id: &str,
         token: u64,
     ) -> Result<Option<u64>> {
-        let mut inv = self.scripts.retry.prepare_invoke();
-        inv.key(&self.keys.stream).arg(&self.group).arg(consumer).arg(entry_id).arg(token);
-        let r: i64 = inv.invoke_async(conn).await?;
-        Ok((r > 0).then_some(r as u64))
+        let call = scripts::retry(&self.keys, &self.group, consumer, entry_id, token);
+        scripts::retry_reply(&self.eval(conn, call).await?)
     }
 
     /// Marks entries this consumer holds as long idle so any consumer reclaims them at once.
@@ -605,19 +496,14 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(&self.keys.stream).arg(&self.group).arg(consumer).arg(idle.as_millis() as u64);
-        for id in ids {
-            inv.arg(id);
-        }
-        Ok(inv.invoke_async(conn).await?)
+        let call = scripts::release(&self.keys, &self.group, consumer, ids, idle);
+        scripts::count_reply("release", &self.eval(conn, call).await?)
     }
 
     /// Removes group consumers holding nothing and idle longer than `idle`.
     pub async fn prune_consumers(&self, idle: Duration) -> Result<u64> {
-        let mut inv = self.scripts.prune.prepare_invoke();
-        inv.key(&self.keys.stream).arg(&self.group).arg(idle.as_millis() as u64);
-        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+        let call = scripts::prune(&self.keys, &self.group, idle);
+        scripts::count_reply("prune", &self.eval(&mut self.conn.clone(), call).await?)
     }
 
     /// The library's own counters (`{ns}:stats`). Reported beside the oracle, never instead.
@@ -679,6 +565,15 @@ impl Store {
     }
 }
 
+/// A plain command from its arguments (the name first).
+fn command(args: &[Vec<u8>]) -> redis::Cmd {
+    let mut c = redis::Cmd::new();
+    for a in args {
+        c.arg(a.as_slice());
+    }
+    c
+}
+
 /// How much work remains in a namespace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Backlog {
@@ -693,14 +588,14 @@ impl Backlog {
     }
 }
 
-fn as_array(v: &Value) -> Option<&Vec<Value>> {
+pub(crate) fn as_array(v: &Value) -> Option<&Vec<Value>> {
     match v {
         Value::Array(a) | Value::Set(a) => Some(a),
         _ => None,
     }
 }
 
-fn as_bytes(v: &Value) -> Option<Vec<u8>> {
+pub(crate) fn as_bytes(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b.clone()),
         Value::SimpleString(s) => Some(s.clone().into_bytes()),
@@ -710,11 +605,11 @@ fn as_bytes(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn as_string(v: &Value) -> Option<String> {
+pub(crate) fn as_string(v: &Value) -> Option<String> {
     as_bytes(v).and_then(|b| String::from_utf8(b).ok())
 }
 
-fn as_int(v: &Value) -> Option<i64> {
+pub(crate) fn as_int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         other => as_string(other).and_then(|s| s.parse().ok()),

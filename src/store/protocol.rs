@@ -1,6 +1,6 @@
 //! The protocol-level operations as one trait, [`Protocol`], with two implementations: real
 //! Redis ([`RedisProtocol`], delegating to [`Store`]'s script calls) and the in-memory model
-//! ([`crate::model::ModelStore`]). The differential tests drive both with the same generated
+//! ([`crate::store::ModelStore`]). The differential tests drive both with the same generated
 //! sequences and compare replies and [`Dump`]s, which is what keeps the simulator honest.
 //!
 //! Besides the pipeline's operations, the trait has a small test surface: raw commands (what
@@ -14,7 +14,8 @@ use redis::Value;
 
 use super::{CommitItem, LedgerConfig, RawEntry, Result, Store, StoreError, Sweep};
 use crate::core::{CommitOutcome, Via};
-use crate::model::{ModelStore, Reply};
+use crate::store::model::Reply;
+use crate::store::ModelStore;
 
 /// Everything a namespace holds that the protocol reads or writes, in a comparable form.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

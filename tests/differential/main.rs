@@ -36,8 +36,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
 use expiry_stream::core::{decode_entry, encode_entry, event_id, CommitOutcome, Effect, Event};
-use expiry_stream::model::{Model, ModelStore, Reply};
+use expiry_stream::store::model::{Model, Reply};
 use expiry_stream::store::protocol::{Dump, Protocol, RedisProtocol};
+use expiry_stream::store::ModelStore;
 use expiry_stream::store::{CommitItem, Keys, LedgerConfig, RawEntry, Safety, Store};
 
 const KEYS: usize = 4;

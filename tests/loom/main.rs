@@ -12,10 +12,34 @@ use std::time::Duration;
 
 use expiry_stream::core::sync::{lock, thread, Arc, AtomicBool, Mutex, Ordering};
 use expiry_stream::core::{decode_entry, encode_entry, CommitOutcome, Effect, Event, Via};
-use expiry_stream::model::{Model, ModelStore, Reply};
+use expiry_stream::store::model::{Model, Reply};
+use expiry_stream::store::ModelStore;
 use expiry_stream::store::{CommitItem, LedgerConfig, RawEntry, Safety};
 
 type Redis = Arc<Mutex<ModelStore>>;
+
+/// Stack of every thread of a model. The model runs the real scripts in an embedded Lua
+/// interpreter, whose parser and calls need more than loom's default (a few KiB); the first
+/// thread of `loom::model` cannot be given more, so each model body runs in a thread that can.
+const STACK: usize = 4 << 20;
+
+/// `loom::model`, with the body in a thread of [`STACK`] (the extra thread only starts the
+/// body and waits for it, so it adds no interleavings).
+fn model<F: Fn() + Send + Sync + 'static>(body: F) {
+    let body = std::sync::Arc::new(body);
+    loom::model(move || {
+        let body = body.clone();
+        let t = thread::Builder::new().stack_size(STACK).spawn(move || body()).expect("spawn");
+        if let Err(panic) = t.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+/// `thread::spawn` with a stack of [`STACK`].
+fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    thread::Builder::new().stack_size(STACK).spawn(f).expect("spawn")
+}
 
 const CLAIM: Duration = Duration::from_millis(100);
 
@@ -78,7 +102,7 @@ fn commit(r: &Redis, who: &str, e: &RawEntry, token: u64, safety: Safety) -> Com
 /// stream entry, whatever the order (the index removal inside the script is the dedup).
 #[test]
 fn two_listeners_and_a_sweeper_capture_one_expiration_once() {
-    loom::model(|| {
+    model(|| {
         let mut s = ModelStore::new(Model::new(1_000_000), "l", "g");
         s.write_batch(&[(b"k".to_vec(), b"v".to_vec(), Duration::from_millis(10))]);
         s.model.advance(20);
@@ -86,7 +110,7 @@ fn two_listeners_and_a_sweeper_capture_one_expiration_once() {
         let listeners: Vec<_> = (0..2)
             .map(|_| {
                 let r = r.clone();
-                thread::spawn(move || lock(&r).capture(&[b"k".to_vec()], Via::Notification).0)
+                spawn(move || lock(&r).capture(&[b"k".to_vec()], Via::Notification).0)
             })
             .collect();
         let swept = lock(&r).sweep(10).emitted;
@@ -104,14 +128,14 @@ fn two_listeners_and_a_sweeper_capture_one_expiration_once() {
 /// Consumer A holds an entry and pauses past the claim timeout; B reclaims it and commits;
 /// then A wakes and commits. Exactly one effect, in every order.
 fn paused_consumer(safety: Safety) {
-    loom::model(move || {
+    model(move || {
         let mut s = captured(1);
         let a_entry = s.read_new("A", 1).unwrap().remove(0);
         let r: Redis = Arc::new(Mutex::new(s));
         let a = {
             let r = r.clone();
             // A: its handler finished; it commits whenever it wakes up.
-            thread::spawn(move || commit(&r, "A", &a_entry, 1, safety))
+            spawn(move || commit(&r, "A", &a_entry, 1, safety))
         };
         // B: time passes (A's pause), then B reclaims what is idle and commits it.
         lock(&r).model.advance(CLAIM.as_millis() as i64 + 1);
@@ -141,20 +165,20 @@ fn without_the_fence_a_paused_consumer_duplicates() {
 /// A committed event is replayed (its entry added again) while consumers run: the ledger
 /// suppresses the second delivery, whoever reads it.
 fn replayed(safety: Safety) {
-    loom::model(move || {
+    model(move || {
         let mut s = captured(1);
         let first = s.read_new("A", 1).unwrap().remove(0);
         let r: Redis = Arc::new(Mutex::new(s));
         let replayer = {
             let r = r.clone();
             let fields = first.fields.clone();
-            thread::spawn(move || {
+            spawn(move || {
                 lock(&r).xadd_raw(fields);
             })
         };
         let b = {
             let r = r.clone();
-            thread::spawn(move || {
+            spawn(move || {
                 let got = lock(&r).read_new("B", 1).unwrap();
                 for e in &got {
                     commit(&r, "B", e, 1, safety);
@@ -194,7 +218,7 @@ fn without_the_ledger_a_replay_duplicates() {
 /// then reclaims the released entries at once. Every event exactly once, nothing pending.
 #[test]
 fn in_flight_batch_commit_and_shutdown_lose_nothing_and_commit_nothing_twice() {
-    loom::model(|| {
+    model(|| {
         let mut s = captured(3);
         let batch = s.read_new("C", 10).unwrap();
         assert_eq!(batch.len(), 3);
@@ -205,7 +229,7 @@ fn in_flight_batch_commit_and_shutdown_lose_nothing_and_commit_nothing_twice() {
         let workers: Vec<_> = (0..2)
             .map(|_| {
                 let (queue, finished, stop) = (queue.clone(), finished.clone(), stop.clone());
-                thread::spawn(move || loop {
+                spawn(move || loop {
                     // Not started when stop is seen: left in the queue for release.
                     if stop.load(Ordering::SeqCst) {
                         break;
@@ -270,11 +294,11 @@ fn the_seeds_lock_only_protocol_duplicates_when_a_worker_pauses_past_its_lock() 
         lock(r).cmd(&["SADD", "processed", "e1"]).unwrap();
         lock(r).cmd(&["DEL", "lock:e1"]).unwrap();
     }
-    loom::model(|| {
+    model(|| {
         let r = Arc::new(Mutex::new(Model::new(0)));
         let a = {
             let r = r.clone();
-            thread::spawn(move || worker(&r, "A", 600))
+            spawn(move || worker(&r, "A", 600))
         };
         worker(&r, "B", 0);
         a.join().unwrap();
@@ -287,7 +311,7 @@ fn the_seeds_lock_only_protocol_duplicates_when_a_worker_pauses_past_its_lock() 
 /// the fixture itself is checked inside a trivial model.
 #[test]
 fn fixture_captures_one_entry_per_key() {
-    loom::model(|| {
+    model(|| {
         let mut s = captured(2);
         let stream = s.keys.stream.clone();
         let entries = s.range(&stream);

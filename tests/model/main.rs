@@ -13,7 +13,8 @@ use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMac
 use expiry_stream::core::{
     backoff, decode_entry, encode_entry, event_id, CommitOutcome, DecodeError, Effect, Event, Via,
 };
-use expiry_stream::model::{Model, ModelStore, StreamId};
+use expiry_stream::store::model::{Model, StreamId};
+use expiry_stream::store::ModelStore;
 use expiry_stream::store::{CommitItem, LedgerConfig, Safety};
 
 /// Minimal failing cases found so far, re-run first on every run (committed).
