@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::consume::{Delivery, Handler, HandlerError, HandlerFuture};
-use crate::core::{event_id, Effect, Event, Via, DELETED_WHILE_PENDING};
+use crate::core::{
+    event_id, Delivery, Effect, Event, Handler, HandlerError, HandlerFuture, Via, DELETED_WHILE_PENDING,
+};
 use crate::store::Store;
 
 pub fn now_ms() -> i64 {

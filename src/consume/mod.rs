@@ -3,8 +3,6 @@
 //! letters, graceful shutdown. Knows no Redis command itself: every call goes through
 //! [`crate::store::Store`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,30 +12,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
 
-/// Where and how an event is being delivered.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub entry_id: String,
-    pub consumer: String,
-    /// Delivery count of this entry (the commit's fencing token): it increases with each
-    /// redelivery (reclaim, retry), so an external sink can refuse a write carrying a lower
-    /// token than one it has seen for the same event id. A group reset (`XGROUP SETID`)
-    /// restarts it at 1: idempotency must rest on the event id, the token only orders
-    /// deliveries within one reading of the stream.
-    pub token: u64,
-}
-
-pub use crate::core::HandlerError;
-
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
-
-/// What to do with an event. Its Redis-side effects are returned, not applied: the commit
-/// script applies them in the same atomic step as the ledger entry and the ack, so they
-/// happen exactly once. External side effects should use `event.event_id` as idempotency
-/// key and `delivery.token` as fencing token; they run at least once.
-pub trait Handler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, event: &'a Event, delivery: &'a Delivery) -> HandlerFuture<'a>;
-}
+// The handler contract is the core's (the oracle implements it too); re-exported here, where
+// users of the consumer look for it.
+pub use crate::core::{Delivery, Handler, HandlerError, HandlerFuture};
 
 /// Consumer settings.
 #[derive(Clone, Debug)]
