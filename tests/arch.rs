@@ -434,7 +434,7 @@ use redis;
 "##;
     let found = check_source("oracle", "src/oracle.rs", src);
     let got: Vec<(usize, String)> =
-        found.iter().map(|v| (v.line, v.what.split(' ').take(4).collect::<Vec<_>>().join(" "))).collect();
+        found.iter().map(|v| (v.line, v.what.split(' ').take(5).collect::<Vec<_>>().join(" "))).collect();
     assert_eq!(
         got,
         vec![
