@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
+use crate::store::conn::Dedicated;
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
 
 // The handler contract is the core's (the oracle implements it too); re-exported here, where
@@ -240,10 +241,7 @@ pub async fn run_consumer(
 }
 
 /// The consumer's two dedicated connections, retried for a while on connection loss.
-async fn connect_pair(
-    store: &Store,
-    name: &str,
-) -> anyhow::Result<(redis::aio::MultiplexedConnection, redis::aio::MultiplexedConnection)> {
+async fn connect_pair(store: &Store, name: &str) -> anyhow::Result<(Dedicated, Dedicated)> {
     let mut attempt = 0u32;
     loop {
         let r = async { Ok::<_, crate::store::StoreError>((store.dedicated().await?, store.dedicated().await?)) }.await;
@@ -390,7 +388,7 @@ async fn settle(name: &str, rx: oneshot::Receiver<Result<Vec<CommitOutcome>, Str
 #[allow(clippy::too_many_arguments)]
 async fn process(
     store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Dedicated,
     name: &str,
     handler: &dyn Handler,
     cfg: &ConsumerConfig,
@@ -433,14 +431,7 @@ async fn process(
     finished
 }
 
-async fn dead_letter(
-    store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
-    name: &str,
-    stats: &ConsumerStats,
-    w: &Work,
-    reason: &str,
-) {
+async fn dead_letter(store: &Store, conn: &mut Dedicated, name: &str, stats: &ConsumerStats, w: &Work, reason: &str) {
     match store.dead_letter(conn, name, &w.entry.id, w.token, reason).await {
         Ok(true) => {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +448,7 @@ async fn dead_letter(
 
 async fn handle_one(
     store: &Store,
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: Dedicated,
     name: &str,
     handler: &dyn Handler,
     cfg: &ConsumerConfig,

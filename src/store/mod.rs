@@ -15,6 +15,7 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 
 use crate::core::{CommitOutcome, Event};
 
+pub mod conn;
 pub mod protocol;
 
 macro_rules! script {
