@@ -15,8 +15,12 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 
 use crate::core::{CommitOutcome, Event};
 
+mod admin;
 pub mod conn;
+pub mod ledgers;
+pub mod notify;
 pub mod protocol;
+pub mod server;
 
 macro_rules! script {
     ($($file:literal),+) => {
