@@ -165,15 +165,9 @@ impl Default for RunConfig {
     }
 }
 
-async fn llen(store: &Store, key: &str) -> u64 {
-    let mut c = store.conn.clone();
-    redis::cmd("LLEN").arg(key).query_async(&mut c).await.unwrap_or(0)
-}
-
+/// The server's peak memory (`used_memory_peak`), 0 when it cannot be read.
 pub async fn peak_memory(store: &Store) -> u64 {
-    let mut c = store.conn.clone();
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap_or_default();
-    info.lines().find_map(|l| l.strip_prefix("used_memory_peak:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    store.memory_info("used_memory_peak").await.unwrap_or(0).max(0) as u64
 }
 
 struct Progress {
@@ -222,7 +216,7 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
     if let capture::NotifyConfig::NotPermitted(e) = &notify {
         eprintln!("warning: {} ({e})", capture::NOTIFY_HELP);
     }
-    let db = store.client.get_connection_info().redis_settings().db();
+    let db = store.db();
     let mut running = Running::default();
     let prefix = Some(store.keys.key_prefix().into_bytes());
     running.listeners(store, cfg.listeners, db, prefix);
@@ -269,7 +263,7 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
                 t_s: start.elapsed().as_secs_f64(),
                 created: created.load(Ordering::Relaxed),
                 captured,
-                effected: llen(store, &store.keys.effects).await,
+                effected: store.list_len(&store.keys.effects).await.unwrap_or(0),
                 backlog: backlog.stream_len,
                 unexpired: backlog.tracked,
                 p99_ms: 0,
