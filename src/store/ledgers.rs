@@ -190,7 +190,7 @@ impl OtherDb {
         Ok(c.clone())
     }
 
-    /// The witness sink's write for one handler run, one script call ([`SINK_SCRIPT`]): the
+    /// The witness sink's write for one handler run, one script call (`SINK_SCRIPT`): the
     /// run is recorded, then the external write is applied once per event id and fenced by
     /// delivery count. Returns 1 applied, 2 repeated (not applied again), 0 fenced.
     pub async fn sink_write(&self, keys: SinkKeys<'_>, event: &Event, d: &Delivery) -> Result<i64> {

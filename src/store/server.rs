@@ -114,7 +114,8 @@ impl Server {
         Ok(redis::cmd("DEBUG").arg("SLEEP").arg(secs).query_async(&mut self.conn.clone()).await?)
     }
 
-    /// Subscribes to `channel` on a connection of its own (see [`subscribe_on`]).
+    /// Subscribes to `channel` on a RESP3 connection of its own that reconnects and resubscribes
+    /// by itself (see [`Pushes`] for what arrives).
     pub async fn subscribe(&self, channel: &str) -> Result<(Subscriber, Pushes)> {
         subscribe_on(&self.client, channel).await
     }
