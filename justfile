@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Everything CI runs, in order; ends by checking the tree is unchanged.
-verify: fmt-check unit integration model loom sim-sweep differential chaos run-smoke full fuzz-smoke
+verify: fmt-check arch unit integration model loom sim-sweep differential chaos run-smoke full fuzz-smoke
     git diff --exit-code
     @echo "verify: all passed"
 
@@ -19,6 +19,10 @@ quick:
 # Formatting check (no changes made).
 fmt-check:
     cargo fmt --check
+
+# The layering: each module imports only the modules below it, and only the store speaks Redis (reads the sources; no Redis needed).
+arch:
+    cargo test --test arch
 
 # Unit tests of the pure core, store parsing and oracle arithmetic; the README and doc examples compile.
 unit:

@@ -15,6 +15,7 @@ use expiry_stream::consume::{ConsumerConfig, Handler};
 use expiry_stream::oracle::{self, RecordHandler};
 use expiry_stream::provision::{Choice, RedisServer};
 use expiry_stream::run::{self, RunConfig, Running};
+use expiry_stream::store::server::Server;
 use expiry_stream::store::{LedgerConfig, Store};
 use expiry_stream::workload::{self, WorkloadConfig};
 
@@ -345,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
                 capture::NotifyConfig::NotPermitted(e) => eprintln!("warning: {} ({e})", capture::NOTIFY_HELP),
                 c => eprintln!("notifications: {c:?}"),
             }
-            let db = store.client.get_connection_info().redis_settings().db();
+            let db = store.db();
             let mut r = Running::default();
             let prefix = workload_only.then(|| store.keys.key_prefix().into_bytes());
             r.listeners(&store, listeners, db, prefix);
@@ -365,10 +366,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, precision_keys, background_keys, report } => {
             let (server, url) = provision(&common).await?;
             let desc = server_desc(&server, &url);
-            let mut c = bench::conn(&url).await?;
+            let admin = Server::connect(&url).await?;
             eprintln!("bench (a) 1/2: the server's own expire-and-notify rate for {keys} keys (PX {ttl_ms})");
             let own = bench::redis_expire_notify(&url, keys, ttl_ms).await?;
-            let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
+            admin.flushall().await?;
             eprintln!("bench (a) 2/2: the pipeline, {keys} keys, no pacing, no work, reads of {bench_batch}");
             consumers.work_ms = 0;
             let mut throughput = consumers.clone();
@@ -385,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let mut precision = vec![];
             for sweepers in [1usize, 0] {
-                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await?;
+                admin.flushall().await?;
                 eprintln!("bench (b): {precision_keys} tracked keys (TTL 1 s) among {background_keys} one-hour keys, {sweepers} sweeper(s)");
                 bench::load_background(&url, background_keys).await?;
                 let mut cfg = run_config(&consumers, 1, sweepers, 30);

@@ -16,9 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::consume::{Delivery, Handler, HandlerError, HandlerFuture};
-use crate::core::{event_id, Effect, Event, Via, DELETED_WHILE_PENDING};
-use crate::store::Store;
+use crate::core::{
+    event_id, Delivery, Effect, Event, Handler, HandlerError, HandlerFuture, Via, DELETED_WHILE_PENDING,
+};
+use crate::store::ledgers::{OtherDb, SinkKeys};
+use crate::store::{Store, StoreError};
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -27,53 +29,29 @@ pub fn now_ms() -> i64 {
 /// Appends created events to the created ledger (`{ns}:oracle:created`), one
 /// `"<deadline>:<key>"` record each.
 pub async fn record_created(store: &Store, events: &[(&[u8], i64)]) -> crate::store::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut c = store.conn.clone();
-    let mut cmd = redis::cmd("RPUSH");
-    cmd.arg(&store.keys.created);
-    for (k, d) in events {
-        let mut rec = format!("{d}:").into_bytes();
-        rec.extend_from_slice(k);
-        cmd.arg(rec);
-    }
-    cmd.query_async::<()>(&mut c).await?;
-    Ok(())
+    store.append_list(&store.keys.created, &created_records(events)).await
 }
 
-/// [`record_created`] applied at most once per `batch_id`: the RPUSH runs in a small script
-/// guarded by `SET {ns}:oracle:cb:<batch_id> 1 NX PX <store::BATCH_RECORD_TTL>`, so a caller
-/// whose reply was lost can repeat the call without doubling the records. Returns false when
-/// the batch had already been recorded. The guard lives beside the ledger, in the oracle's
-/// own keys, and uses none of the library's scripts: the oracle stays independent of the
-/// write path it judges.
+/// [`record_created`] applied at most once per `batch_id`: the append is guarded by the key
+/// `{ns}:oracle:cb:<batch_id>` (kept for [`crate::store::BATCH_RECORD_TTL`]) in the same atomic
+/// call ([`Store::append_list_once`]), so a caller whose reply was lost can repeat the call
+/// without doubling the records. Returns false when the batch had already been recorded. The
+/// guard lives beside the ledger, in the oracle's own keys, and the call uses none of the
+/// library's scripts: the oracle stays independent of the write path it judges.
 pub async fn record_created_once(store: &Store, batch_id: &str, events: &[(&[u8], i64)]) -> crate::store::Result<bool> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-        redis::Script::new(
-            r"
-            if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-            -- In slices: unpack() of a very long argument list overflows Lua's C stack.
-            for i = 2, #ARGV, 1000 do
-              redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-            end
-            return 1",
-        )
-    });
-    if events.is_empty() {
-        return Ok(true);
-    }
-    let mut inv = SCRIPT.prepare_invoke();
-    inv.key(&store.keys.created)
-        .key(format!("{{{}}}:oracle:cb:{batch_id}", store.keys.ns))
-        .arg(crate::store::BATCH_RECORD_TTL.as_millis() as u64);
-    for (k, d) in events {
-        let mut rec = format!("{d}:").into_bytes();
-        rec.extend_from_slice(k);
-        inv.arg(rec);
-    }
-    let appended: i64 = inv.invoke_async(&mut store.conn.clone()).await?;
-    Ok(appended == 1)
+    let guard = format!("{{{}}}:oracle:cb:{batch_id}", store.keys.ns);
+    store.append_list_once(&store.keys.created, &guard, crate::store::BATCH_RECORD_TTL, &created_records(events)).await
+}
+
+fn created_records(events: &[(&[u8], i64)]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .map(|(k, d)| {
+            let mut rec = format!("{d}:").into_bytes();
+            rec.extend_from_slice(k);
+            rec
+        })
+        .collect()
 }
 
 /// The oracle's handler: waits `work` (the simulated cost of the real work), records the run
@@ -107,32 +85,10 @@ impl Handler for RecordHandler {
     }
 }
 
-/// The sink's write: the run is recorded whatever happens; then the write is refused when a
-/// higher delivery count was seen for the event (fenced: a stale writer), applied once per
-/// event id (the idempotency key), and a repeated key is only counted.
-/// KEYS: runs, tokens, applied, counts. ARGV: event id, deadline, key, entry id, token, consumer,
-/// capture path (a run is recorded as `<event id>|<entry id>|<token>|<consumer>|<via>`).
-/// Returns 1 applied, 2 repeated key (not applied again), 0 fenced.
-const SINK_SCRIPT: &str = r"
-redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7])
-local seen = redis.call('HGET', KEYS[2], ARGV[1])
-if seen and tonumber(seen) > tonumber(ARGV[5]) then
-  redis.call('HINCRBY', KEYS[4], 'fenced', 1)
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
-if seen then
-  redis.call('HINCRBY', KEYS[4], 'repeated', 1)
-  return 2
-end
-redis.call('RPUSH', KEYS[3], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
-return 1
-";
-
 /// Where the oracle's witnesses live: the database after the pipeline's own (an external
 /// system as far as the pipeline is concerned: no script of the pipeline touches it).
 pub fn witness_db(store: &Store) -> i64 {
-    let db = store.client.get_connection_info().redis_settings().db();
+    let db = store.db();
     if db >= 15 {
         db - 1
     } else {
@@ -161,51 +117,32 @@ impl WitnessKeys {
     fn all(&self) -> [&str; 4] {
         [&self.runs, &self.tokens, &self.applied, &self.counts]
     }
+    fn sink(&self) -> SinkKeys<'_> {
+        SinkKeys { runs: &self.runs, tokens: &self.tokens, applied: &self.applied, counts: &self.counts }
+    }
 }
 
-/// The witness's connection to its database, opened on first use (handlers are built
-/// synchronously) and reconnecting by itself.
+/// The witness: the sink's keys in the witness database ([`witness_db`]), on a connection of
+/// its own, opened on first use (handlers are built synchronously) and reconnecting by itself.
 pub struct Witness {
-    client: Option<redis::Client>,
+    db: OtherDb,
     keys: WitnessKeys,
-    script: redis::Script,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
 }
 
 impl Witness {
     pub fn new(store: &Store) -> Witness {
-        let info = store.client.get_connection_info().clone();
-        let settings = info.redis_settings().clone().set_db(witness_db(store));
-        let client = redis::Client::open(info.set_redis_settings(settings)).ok();
-        Witness {
-            client,
-            keys: WitnessKeys::new(&store.keys.ns),
-            script: redis::Script::new(SINK_SCRIPT),
-            conn: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    async fn conn(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let client = self
-            .client
-            .clone()
-            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no witness database")))?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let c = self.conn.get_or_try_init(|| redis::aio::ConnectionManager::new_with_config(client, cfg)).await?;
-        Ok(c.clone())
+        Witness { db: store.other_db(witness_db(store)), keys: WitnessKeys::new(&store.keys.ns) }
     }
 
     /// Records one handler run and performs its external write. Returns the sink's answer.
     /// A dropped connection is retried a few times (the manager reconnects): a handler run
     /// must not fail for the witness's sake while Redis is reachable. A retry after a lost
     /// reply may record the run twice; `handler_runs` can then read high, never low.
-    pub async fn record(&self, event: &Event, d: &Delivery) -> redis::RedisResult<i64> {
+    pub async fn record(&self, event: &Event, d: &Delivery) -> crate::store::Result<i64> {
         let mut attempt = 0;
         loop {
-            match self.record_once(event, d).await {
-                Err(e) if attempt < 5 && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+            match self.db.sink_write(self.keys.sink(), event, d).await {
+                Err(StoreError::Connection(_)) if attempt < 5 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
                 }
@@ -214,26 +151,9 @@ impl Witness {
         }
     }
 
-    async fn record_once(&self, event: &Event, d: &Delivery) -> redis::RedisResult<i64> {
-        let mut c = self.conn().await?;
-        let mut inv = self.script.prepare_invoke();
-        for k in self.keys.all() {
-            inv.key(k);
-        }
-        inv.arg(&event.event_id)
-            .arg(event.deadline_ms)
-            .arg(event.key.as_slice())
-            .arg(&d.entry_id)
-            .arg(d.token)
-            .arg(&d.consumer)
-            .arg(event.via.tag());
-        inv.invoke_async(&mut c).await
-    }
-
     /// Deletes the namespace's witnesses (with the namespace, before a run).
-    pub async fn wipe(&self) -> redis::RedisResult<()> {
-        let mut c = self.conn().await?;
-        redis::cmd("DEL").arg(&self.keys.all()).query_async(&mut c).await
+    pub async fn wipe(&self) -> crate::store::Result<()> {
+        self.db.delete(&self.keys.all()).await
     }
 }
 
@@ -425,35 +345,21 @@ fn parse_hex_id(s: &str) -> Option<u128> {
     (s.len() == 32).then(|| u128::from_str_radix(s, 16).ok()).flatten()
 }
 
-async fn read_list(store: &Store, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
-    read_list_on(&mut store.conn.clone(), key).await
+/// What the oracle's lists are, in the error when one is not a list.
+const LEDGER: &str = "the oracle's ledger";
+
+/// A ledger read; a ledger another program overwrote makes the namespace unjudgeable.
+fn unjudgeable(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Reply { what, reply } if what == LEDGER => {
+            StoreError::Reply { what, reply: format!("{reply}; the oracle cannot judge this namespace") }
+        }
+        e => e,
+    }
 }
 
-async fn read_list_on(c: &mut impl redis::aio::ConnectionLike, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
-    let mut out = vec![];
-    let step = 50_000isize;
-    let mut start = 0isize;
-    loop {
-        let chunk: Vec<Vec<u8>> =
-            match redis::cmd("LRANGE").arg(key).arg(start).arg(start + step - 1).query_async(c).await {
-                Ok(v) => v,
-                Err(e) if e.code() == Some("WRONGTYPE") => {
-                    return Err(crate::store::StoreError::Reply {
-                        what: "the oracle's ledger",
-                        reply: format!(
-                            "{key} is not a list (another program wrote it); the oracle cannot judge this namespace"
-                        ),
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            };
-        let n = chunk.len();
-        out.extend(chunk);
-        if (n as isize) < step {
-            return Ok(out);
-        }
-        start += step;
-    }
+async fn read_list(store: &Store, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
+    store.read_list(key, LEDGER).await.map_err(unjudgeable)
 }
 
 /// One dead-letter entry, as far as the oracle can read it.
@@ -487,34 +393,12 @@ async fn dead_records(store: &Store) -> crate::store::Result<Vec<DeadRec>> {
         .collect())
 }
 
-/// `XINFO STREAM`'s entries-added (0 when the stream does not exist).
-async fn entries_added(store: &Store) -> u64 {
-    let mut c = store.conn.clone();
-    let v: redis::RedisResult<redis::Value> =
-        redis::cmd("XINFO").arg("STREAM").arg(&store.keys.stream).query_async(&mut c).await;
-    let Ok(v) = v else { return 0 };
-    let pairs: Vec<(redis::Value, redis::Value)> = match v {
-        redis::Value::Map(m) => m,
-        redis::Value::Array(a) => a.chunks(2).filter(|p| p.len() == 2).map(|p| (p[0].clone(), p[1].clone())).collect(),
-        _ => return 0,
-    };
-    for (k, v) in pairs {
-        if let (Ok(k), Ok(n)) = (redis::from_redis_value::<String>(k), redis::from_redis_value::<u64>(v)) {
-            if k == "entries-added" {
-                return n;
-            }
-        }
-    }
-    0
-}
-
 /// The witness database's run records, applied external writes and counts for the namespace.
 async fn read_witnesses(store: &Store) -> crate::store::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, HashMap<String, i64>)> {
     let w = Witness::new(store);
-    let mut c = w.conn().await?;
-    let runs = read_list_on(&mut c, &w.keys.runs).await?;
-    let applied = read_list_on(&mut c, &w.keys.applied).await?;
-    let counts: HashMap<String, i64> = redis::cmd("HGETALL").arg(&w.keys.counts).query_async(&mut c).await?;
+    let runs = w.db.read_list(&w.keys.runs, LEDGER).await.map_err(unjudgeable)?;
+    let applied = w.db.read_list(&w.keys.applied, LEDGER).await.map_err(unjudgeable)?;
+    let counts = w.db.counters(&w.keys.counts).await?;
     Ok((runs, applied, counts))
 }
 
@@ -626,7 +510,7 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let capture_duplicates = entries_per_event.values().map(|n| n.saturating_sub(1)).sum();
     let seen_entries = entry_event.len() as u64
         + dead.iter().filter(|d| d.event.is_none() && !entry_event.contains_key(&d.entry)).count() as u64;
-    let added = entries_added(store).await;
+    let added = store.entries_added().await;
     // Grouped by the key's bytes (keys are binary: a lossy text form would merge two keys).
     let mut applied_per_key: HashMap<(Vec<u8>, Vec<u8>), u64> = HashMap::with_capacity(applied_raw.len());
     let mut applied_events: std::collections::HashSet<u128> =

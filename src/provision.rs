@@ -128,14 +128,10 @@ fn free_port() -> std::io::Result<u16> {
 
 async fn wait_ready(url: &str, deadline: Duration) -> Result<(), String> {
     let start = Instant::now();
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mut last = String::new();
     while start.elapsed() < deadline {
-        match client.get_multiplexed_async_connection().await {
-            Ok(mut c) => match redis::cmd("PING").query_async::<String>(&mut c).await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
-            },
+        match crate::store::server::ping(url).await {
+            Ok(()) => return Ok(()),
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

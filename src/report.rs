@@ -1,10 +1,110 @@
 //! Reports people read or look at: Markdown for the numbers, a self-contained HTML page with
 //! SVG charts for what happened over time (created, captured, effected per second; backlog;
 //! p99 deadline-to-effect). No JavaScript, no external assets: it opens from disk anywhere.
+//!
+//! The report model ([`RunReport`]) is defined here, beside its renderers, and `run` produces
+//! it: a renderer never depends on the code that ran the pipeline.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::run::{RunReport, Sample};
+use serde::Serialize;
+
+use crate::oracle::{Latency, Spread, Verdict};
+use crate::workload::{ProduceReport, WorkloadConfig};
+
+/// One second of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub created: u64,
+    pub captured: u64,
+    pub effected: u64,
+    /// Captured but not yet effected (stream length).
+    pub backlog: u64,
+    /// Tracked keys not yet captured.
+    pub unexpired: u64,
+    /// p99 deadline-to-effect of effects completed in this second (filled after the run).
+    pub p99_ms: i64,
+}
+
+/// Events captured per path, by the library's own counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Captured {
+    pub listener: i64,
+    pub sweeper: i64,
+    pub write: i64,
+}
+
+/// What a run was asked to do, as its report shows it (the run's own configuration, less what
+/// only steers it: consumer and sweeper tuning, the progress display).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSettings {
+    pub workload: WorkloadConfig,
+    pub consumers: usize,
+    pub work_ms: u64,
+    pub listeners: usize,
+    pub sweepers: usize,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub drain_timeout_s: u64,
+}
+
+/// Everything one run measured and the oracle's verdict on it: `run` fills it in, the
+/// renderers below ([`markdown`], [`html`], [`RunReport::summary`]) and the JSON file show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub config: RunSettings,
+    pub backend: String,
+    pub oracle: Verdict,
+    pub rate_keys_per_s: f64,
+    pub wall_s: f64,
+    pub drained: bool,
+    pub max_unexpired: u64,
+    pub per_consumer: Spread,
+    pub deadline_to_capture_ms: Latency,
+    pub deadline_to_effect_ms: Latency,
+    pub captured: Captured,
+    pub library: BTreeMap<String, i64>,
+    pub redis_peak_memory_bytes: u64,
+    pub produce: ProduceReport,
+    pub lost_sample: Vec<String>,
+    pub timeline: Vec<Sample>,
+}
+
+impl RunReport {
+    /// The human summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let o = &self.oracle;
+        format!(
+            "oracle: created {} effected {} lost {} duplicate_effects {} (unexpected {}, dead-lettered {}; library suppressed {} replays)\n\
+             witnesses: handler_runs {} redeliveries {} capture_duplicates {} (stream entries unseen {}) external_duplicates {} (applied {} repeated {} fenced {} missing {}) deleted_while_pending {}\n\
+             rate: {:.0} keys/s over {:.1} s (drained: {})   max unexpired keys: {}\n\
+             consumers: {} min {} max {} mean {:.1} spread {:.2}%\n\
+             deadline->capture ms p50 {} p99 {} max {}   deadline->effect ms p50 {} p99 {} max {}\n\
+             captured by listener {} sweeper {} write {}   redis peak memory {:.1} MiB\n\
+             verdict: {}",
+            o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered, o.duplicates_suppressed,
+            o.handler_runs, o.redeliveries, o.capture_duplicates, o.stream_entries_unseen, o.external_duplicates,
+            o.external_applied, o.external_repeated, o.external_fenced, o.external_missing, o.deleted_while_pending,
+            self.rate_keys_per_s, self.wall_s, self.drained, self.max_unexpired,
+            self.per_consumer.consumers, self.per_consumer.min, self.per_consumer.max, self.per_consumer.mean, self.per_consumer.spread_pct,
+            self.deadline_to_capture_ms.p50, self.deadline_to_capture_ms.p99, self.deadline_to_capture_ms.max,
+            self.deadline_to_effect_ms.p50, self.deadline_to_effect_ms.p99, self.deadline_to_effect_ms.max,
+            self.captured.listener, self.captured.sweeper, self.captured.write,
+            self.redis_peak_memory_bytes as f64 / 1048576.0,
+            if o.ok() && self.drained {
+                "PASS (0 lost, 0 duplicate effects, 0 dead-lettered events, witnesses agree)".to_string()
+            } else {
+                let mut p = o.problems(0);
+                if !self.drained {
+                    p.push("did not drain".into());
+                }
+                format!("FAIL: {}", p.join("; "))
+            },
+        )
+    }
+}
 
 /// The report as Markdown.
 pub fn markdown(r: &RunReport) -> String {

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::capture::{self, ListenerStats, SweeperConfig, SweeperStats};
 use crate::consume::{self, ConsumerConfig, ConsumerStats, Handler};
-use crate::oracle::{self, Latency, Spread, Verdict};
+use crate::oracle::{self, Latency};
+use crate::report::{Captured, RunReport, RunSettings, Sample};
 use crate::store::Store;
-use crate::workload::{self, ProduceReport, WorkloadConfig};
+use crate::workload::{self, WorkloadConfig};
 
 /// Handles of running pipeline pieces; `shutdown` stops them gracefully.
 pub struct Running {
@@ -116,7 +116,7 @@ pub async fn wait_signal() {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct RunConfig {
     pub workload: WorkloadConfig,
     pub consumers: usize,
@@ -125,13 +125,26 @@ pub struct RunConfig {
     pub sweepers: usize,
     pub batch: usize,
     pub concurrency: usize,
-    #[serde(skip)]
     pub consumer: ConsumerConfig,
-    #[serde(skip)]
     pub sweeper: SweeperConfig,
     pub drain_timeout_s: u64,
-    #[serde(skip)]
     pub progress: bool,
+}
+
+impl RunConfig {
+    /// What the report shows of this configuration.
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            workload: self.workload.clone(),
+            consumers: self.consumers,
+            work_ms: self.work_ms,
+            listeners: self.listeners,
+            sweepers: self.sweepers,
+            batch: self.batch,
+            concurrency: self.concurrency,
+            drain_timeout_s: self.drain_timeout_s,
+        }
+    }
 }
 
 impl Default for RunConfig {
@@ -152,57 +165,9 @@ impl Default for RunConfig {
     }
 }
 
-/// One second of the run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Sample {
-    pub t_s: f64,
-    pub created: u64,
-    pub captured: u64,
-    pub effected: u64,
-    /// Captured but not yet effected (stream length).
-    pub backlog: u64,
-    /// Tracked keys not yet captured.
-    pub unexpired: u64,
-    /// p99 deadline-to-effect of effects completed in this second (filled after the run).
-    pub p99_ms: i64,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Captured {
-    pub listener: i64,
-    pub sweeper: i64,
-    pub write: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RunReport {
-    pub config: RunConfig,
-    pub backend: String,
-    pub oracle: Verdict,
-    pub rate_keys_per_s: f64,
-    pub wall_s: f64,
-    pub drained: bool,
-    pub max_unexpired: u64,
-    pub per_consumer: Spread,
-    pub deadline_to_capture_ms: Latency,
-    pub deadline_to_effect_ms: Latency,
-    pub captured: Captured,
-    pub library: BTreeMap<String, i64>,
-    pub redis_peak_memory_bytes: u64,
-    pub produce: ProduceReport,
-    pub lost_sample: Vec<String>,
-    pub timeline: Vec<Sample>,
-}
-
-async fn llen(store: &Store, key: &str) -> u64 {
-    let mut c = store.conn.clone();
-    redis::cmd("LLEN").arg(key).query_async(&mut c).await.unwrap_or(0)
-}
-
+/// The server's peak memory (`used_memory_peak`), 0 when it cannot be read.
 pub async fn peak_memory(store: &Store) -> u64 {
-    let mut c = store.conn.clone();
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap_or_default();
-    info.lines().find_map(|l| l.strip_prefix("used_memory_peak:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    store.memory_info("used_memory_peak").await.unwrap_or(0).max(0) as u64
 }
 
 struct Progress {
@@ -251,7 +216,7 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
     if let capture::NotifyConfig::NotPermitted(e) = &notify {
         eprintln!("warning: {} ({e})", capture::NOTIFY_HELP);
     }
-    let db = store.client.get_connection_info().redis_settings().db();
+    let db = store.db();
     let mut running = Running::default();
     let prefix = Some(store.keys.key_prefix().into_bytes());
     running.listeners(store, cfg.listeners, db, prefix);
@@ -298,7 +263,7 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
                 t_s: start.elapsed().as_secs_f64(),
                 created: created.load(Ordering::Relaxed),
                 captured,
-                effected: llen(store, &store.keys.effects).await,
+                effected: store.list_len(&store.keys.effects).await.unwrap_or(0),
                 backlog: backlog.stream_len,
                 unexpired: backlog.tracked,
                 p99_ms: 0,
@@ -326,7 +291,7 @@ pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Resul
     let stats = store.stats().await?;
     fill_p99(&mut timeline, &check.effect_times, start_wall);
     Ok(RunReport {
-        config: cfg.clone(),
+        config: cfg.settings(),
         backend: backend.to_string(),
         rate_keys_per_s: check.oracle.created as f64 / wall.max(1e-9),
         wall_s: wall,
@@ -360,39 +325,5 @@ fn fill_p99(timeline: &mut [Sample], times: &[(i64, i64)], t0: i64) {
         if let Some(v) = per.remove(&i) {
             s.p99_ms = Latency::of(v).p99;
         }
-    }
-}
-
-impl RunReport {
-    /// The human summary printed at the end of a run.
-    pub fn summary(&self) -> String {
-        let o = &self.oracle;
-        format!(
-            "oracle: created {} effected {} lost {} duplicate_effects {} (unexpected {}, dead-lettered {}; library suppressed {} replays)\n\
-             witnesses: handler_runs {} redeliveries {} capture_duplicates {} (stream entries unseen {}) external_duplicates {} (applied {} repeated {} fenced {} missing {}) deleted_while_pending {}\n\
-             rate: {:.0} keys/s over {:.1} s (drained: {})   max unexpired keys: {}\n\
-             consumers: {} min {} max {} mean {:.1} spread {:.2}%\n\
-             deadline->capture ms p50 {} p99 {} max {}   deadline->effect ms p50 {} p99 {} max {}\n\
-             captured by listener {} sweeper {} write {}   redis peak memory {:.1} MiB\n\
-             verdict: {}",
-            o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered, o.duplicates_suppressed,
-            o.handler_runs, o.redeliveries, o.capture_duplicates, o.stream_entries_unseen, o.external_duplicates,
-            o.external_applied, o.external_repeated, o.external_fenced, o.external_missing, o.deleted_while_pending,
-            self.rate_keys_per_s, self.wall_s, self.drained, self.max_unexpired,
-            self.per_consumer.consumers, self.per_consumer.min, self.per_consumer.max, self.per_consumer.mean, self.per_consumer.spread_pct,
-            self.deadline_to_capture_ms.p50, self.deadline_to_capture_ms.p99, self.deadline_to_capture_ms.max,
-            self.deadline_to_effect_ms.p50, self.deadline_to_effect_ms.p99, self.deadline_to_effect_ms.max,
-            self.captured.listener, self.captured.sweeper, self.captured.write,
-            self.redis_peak_memory_bytes as f64 / 1048576.0,
-            if o.ok() && self.drained {
-                "PASS (0 lost, 0 duplicate effects, 0 dead-lettered events, witnesses agree)".to_string()
-            } else {
-                let mut p = o.problems(0);
-                if !self.drained {
-                    p.push("did not drain".into());
-                }
-                format!("FAIL: {}", p.join("; "))
-            },
-        )
     }
 }

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushKind, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::core::{parse_notification, Via};
+use crate::store::notify::Push;
 use crate::store::Store;
 
 /// Observable listener counters (what actually happened on this listener).
@@ -35,11 +34,8 @@ pub enum NotifyConfig {
 /// Makes sure `notify-keyspace-events` includes keyevent notifications for expirations,
 /// keeping whatever classes were already enabled.
 pub async fn ensure_notifications(store: &Store) -> NotifyConfig {
-    let mut c = store.conn.clone();
-    let cur: redis::RedisResult<Vec<String>> =
-        redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut c).await;
-    let cur = match cur {
-        Ok(v) => v.get(1).cloned().unwrap_or_default(),
+    let cur = match store.notify_config().await {
+        Ok(v) => v,
         Err(e) => return NotifyConfig::NotPermitted(e.to_string()),
     };
     let has_e = cur.contains('E');
@@ -54,9 +50,7 @@ pub async fn ensure_notifications(store: &Store) -> NotifyConfig {
     if !has_x {
         new.push('x');
     }
-    let r: redis::RedisResult<()> =
-        redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(&new).query_async(&mut c).await;
-    match r {
+    match store.set_notify_config(&new).await {
         Ok(()) => NotifyConfig::Enabled { was: cur, now: new },
         Err(e) => NotifyConfig::NotPermitted(e.to_string()),
     }
@@ -80,19 +74,7 @@ pub async fn run_listener(
     stats: Arc<ListenerStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let info = store.client.get_connection_info().clone();
-    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let info = info.set_redis_settings(settings);
-    let client = redis::Client::open(info)?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let cfg = ConnectionManagerConfig::new()
-        .set_push_sender(tx)
-        .set_automatic_resubscription()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    let mut sub = ConnectionManager::new_with_config(client, cfg).await?;
-    let channel = format!("__keyevent@{db}__:expired");
-    sub.subscribe(&channel).await?;
+    let (mut sub, mut pushes) = store.subscribe(&format!("__keyevent@{db}__:expired")).await?;
     // Anything that expired before we subscribed is for the sweepers.
     sweep_now.notify_waiters();
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(512);
@@ -103,24 +85,21 @@ pub async fn run_listener(
             _ = ping.tick() => {
                 // Keeps the connection checked: a dead socket is noticed and re-established
                 // (and resubscribed) within a second even when no events flow.
-                let _ = redis::cmd("PING").query_async::<Value>(&mut sub).await;
+                sub.ping().await;
             }
-            msg = rx.recv() => {
+            msg = pushes.recv() => {
                 let Some(first) = msg else { break };
-                let mut pushes = vec![first];
-                while pushes.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(p) => pushes.push(p),
-                        Err(_) => break,
+                let mut burst = vec![first];
+                while burst.len() < 512 {
+                    match pushes.try_recv() {
+                        Some(p) => burst.push(p),
+                        None => break,
                     }
                 }
-                for p in pushes {
-                    match p.kind {
-                        PushKind::Message => {
-                            let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) = (p.data.first(), p.data.get(1)) else {
-                                continue;
-                            };
-                            let Some(n) = parse_notification(ch, payload) else { continue };
+                for p in burst {
+                    match p {
+                        Push::Message { channel, payload } => {
+                            let Some(n) = parse_notification(&channel, &payload) else { continue };
                             if n.event != b"expired" || i64::from(n.db) != db {
                                 continue;
                             }
@@ -129,11 +108,11 @@ pub async fn run_listener(
                                 batch.push(n.key);
                             }
                         }
-                        PushKind::Disconnection => {
+                        Push::Disconnected => {
                             stats.reconnects.fetch_add(1, Ordering::Relaxed);
                             sweep_now.notify_waiters();
                         }
-                        PushKind::Subscribe => {
+                        Push::Subscribed => {
                             // (Re)subscribed: events during the gap are lost, sweep now. A
                             // restarted Redis has forgotten a CONFIG SET: enable them again.
                             if let NotifyConfig::NotPermitted(e) = ensure_notifications(&store).await {
@@ -141,7 +120,7 @@ pub async fn run_listener(
                             }
                             sweep_now.notify_waiters();
                         }
-                        _ => {}
+                        Push::Other => {}
                     }
                 }
                 if !batch.is_empty() {

@@ -3,8 +3,6 @@
 //! letters, graceful shutdown. Knows no Redis command itself: every call goes through
 //! [`crate::store::Store`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,32 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
+use crate::store::conn::Dedicated;
 use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
 
-/// Where and how an event is being delivered.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub entry_id: String,
-    pub consumer: String,
-    /// Delivery count of this entry (the commit's fencing token): it increases with each
-    /// redelivery (reclaim, retry), so an external sink can refuse a write carrying a lower
-    /// token than one it has seen for the same event id. A group reset (`XGROUP SETID`)
-    /// restarts it at 1: idempotency must rest on the event id, the token only orders
-    /// deliveries within one reading of the stream.
-    pub token: u64,
-}
-
-pub use crate::core::HandlerError;
-
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
-
-/// What to do with an event. Its Redis-side effects are returned, not applied: the commit
-/// script applies them in the same atomic step as the ledger entry and the ack, so they
-/// happen exactly once. External side effects should use `event.event_id` as idempotency
-/// key and `delivery.token` as fencing token; they run at least once.
-pub trait Handler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, event: &'a Event, delivery: &'a Delivery) -> HandlerFuture<'a>;
-}
+// The handler contract is the core's (the oracle implements it too); re-exported here, where
+// users of the consumer look for it.
+pub use crate::core::{Delivery, Handler, HandlerError, HandlerFuture};
 
 /// Consumer settings.
 #[derive(Clone, Debug)]
@@ -263,10 +241,7 @@ pub async fn run_consumer(
 }
 
 /// The consumer's two dedicated connections, retried for a while on connection loss.
-async fn connect_pair(
-    store: &Store,
-    name: &str,
-) -> anyhow::Result<(redis::aio::MultiplexedConnection, redis::aio::MultiplexedConnection)> {
+async fn connect_pair(store: &Store, name: &str) -> anyhow::Result<(Dedicated, Dedicated)> {
     let mut attempt = 0u32;
     loop {
         let r = async { Ok::<_, crate::store::StoreError>((store.dedicated().await?, store.dedicated().await?)) }.await;
@@ -413,7 +388,7 @@ async fn settle(name: &str, rx: oneshot::Receiver<Result<Vec<CommitOutcome>, Str
 #[allow(clippy::too_many_arguments)]
 async fn process(
     store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Dedicated,
     name: &str,
     handler: &dyn Handler,
     cfg: &ConsumerConfig,
@@ -456,14 +431,7 @@ async fn process(
     finished
 }
 
-async fn dead_letter(
-    store: &Store,
-    conn: &mut redis::aio::MultiplexedConnection,
-    name: &str,
-    stats: &ConsumerStats,
-    w: &Work,
-    reason: &str,
-) {
+async fn dead_letter(store: &Store, conn: &mut Dedicated, name: &str, stats: &ConsumerStats, w: &Work, reason: &str) {
     match store.dead_letter(conn, name, &w.entry.id, w.token, reason).await {
         Ok(true) => {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -480,7 +448,7 @@ async fn dead_letter(
 
 async fn handle_one(
     store: &Store,
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: Dedicated,
     name: &str,
     handler: &dyn Handler,
     cfg: &ConsumerConfig,

@@ -2,7 +2,10 @@
 //! stream entries, and turns store replies into decisions. Everything here is a function
 //! of its inputs, which is what lets the property tests and fuzz targets drive it alone.
 
+pub mod handler;
 pub mod sync;
+
+pub use handler::{Delivery, Handler, HandlerError, HandlerFuture};
 
 use std::fmt;
 use std::time::Duration;
@@ -288,17 +291,6 @@ impl fmt::Display for Effect {
         let parts: Vec<_> = self.args.iter().map(|a| show(a)).collect();
         write!(f, "{}", parts.join(" "))
     }
-}
-
-/// Why a handler did not produce effects.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying (with backoff) until `max_deliveries`.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Will never succeed: dead-letter at once with this reason.
-    #[error("permanent: {0}")]
-    Permanent(String),
 }
 
 /// Retry and dead-letter policy of a consumer.

@@ -6,15 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::Value;
-
 use super::procs::{self, Shared};
 use super::proxy::{host_port, Proxy};
 use super::report::{FaultReport, Firing, RestartObs};
 use super::spec::{FaultKind, NetRole, Role, Scenario, Targets};
 use crate::core::{encode_entry, event_id, Event, Via};
 use crate::provision::RedisServer;
+use crate::store::server::Server;
 use crate::store::Store;
 
 /// What a fault touched: the consumer process slots it paused or armed (every incarnation of
@@ -186,12 +184,9 @@ impl Ctx {
     fn fired(&self, fault: usize) {
         self.reports.lock().unwrap()[fault].fired += 1;
     }
-    async fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
-        let client = redis::Client::open(self.proxies.harness.url())?;
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        Ok(client.get_multiplexed_async_connection_with_config(&cfg).await?)
+    /// A server connection of the harness's own (through its proxy), for server-wide faults.
+    async fn server(&self) -> anyhow::Result<Server> {
+        Ok(self.store.server().await?)
     }
     fn base_faults(&self) -> String {
         self.scenario.topology.fault_points.clone()
@@ -208,35 +203,13 @@ fn join_faults(base: &str, extra: &str) -> String {
 
 /// Entries pending for the consumers of process `pid` (consumer names embed the pid).
 pub async fn held_by(store: &Store, pid: u32) -> u64 {
-    let mut c = store.conn.clone();
-    let v: redis::RedisResult<Value> =
-        redis::cmd("XPENDING").arg(&store.keys.stream).arg(&store.group).query_async(&mut c).await;
-    let Ok(Value::Array(a)) = v else { return 0 };
-    let Some(Value::Array(per)) = a.get(3) else { return 0 };
     let tag = format!("-{pid}-");
-    let mut n = 0;
-    for row in per {
-        if let Value::Array(r) = row {
-            let name = match r.first() {
-                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                _ => continue,
-            };
-            let count = match r.get(1) {
-                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse().unwrap_or(0),
-                Some(Value::Int(i)) => *i as u64,
-                _ => 0,
-            };
-            if name.contains(&tag) {
-                n += count;
-            }
-        }
-    }
-    n
+    let per = store.pending_per_consumer().await.unwrap_or_default();
+    per.iter().filter(|(name, _)| name.contains(&tag)).map(|(_, n)| n).sum()
 }
 
 async fn llen(store: &Store, key: &str) -> anyhow::Result<u64> {
-    let mut c = store.conn.clone();
-    Ok(redis::cmd("LLEN").arg(key).query_async(&mut c).await?)
+    Ok(store.list_len(key).await?)
 }
 
 /// Runs one firing. Errors are counted, never fatal to the run: the report shows a firing
@@ -430,11 +403,10 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
             }
             FaultKind::ClientKill => {
                 let _gate = ctx.gate.write().await;
-                let mut c = ctx.conn().await?;
-                let own: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut c).await?;
-                let mut sc = ctx.store.conn.clone();
-                let harness: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut sc).await?;
-                let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await?;
+                let server = ctx.server().await?;
+                let own = server.client_id().await?;
+                let harness = ctx.store.client_id().await?;
+                let list = server.client_list().await?;
                 let mut ids: Vec<i64> = list
                     .lines()
                     .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("id=")))
@@ -447,8 +419,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 let take = ((ids.len() as f64) * fraction).ceil() as usize;
                 let mut killed = 0u64;
                 for id in ids.into_iter().take(take) {
-                    let n: i64 =
-                        redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut c).await.unwrap_or(0);
+                    let n = server.client_kill(id).await.unwrap_or(0);
                     killed += n.max(0) as u64;
                 }
                 ctx.count(i, "clients_killed", killed);
@@ -461,21 +432,13 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 let t0 = Instant::now();
                 match mode {
                     "client_pause" => {
-                        let mut c = ctx.conn().await?;
-                        let _: () = redis::cmd("CLIENT")
-                            .arg("PAUSE")
-                            .arg(for_ms.as_millis() as u64)
-                            .arg("ALL")
-                            .query_async(&mut c)
-                            .await?;
+                        ctx.server().await?.client_pause(for_ms).await?;
                         ctx.count(i, "client_pauses", 1);
                         ctx.fired(i);
                         tokio::time::sleep(for_ms).await;
                     }
                     "debug_sleep" => {
-                        let mut c = ctx.conn().await?;
-                        let secs = format!("{:.3}", for_ms.as_secs_f64());
-                        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg(secs).query_async(&mut c).await?;
+                        ctx.server().await?.debug_sleep(for_ms).await?;
                         ctx.count(i, "debug_sleeps", 1);
                         ctx.fired(i);
                     }
@@ -570,14 +533,12 @@ async fn docker(args: &[&str]) -> bool {
 async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Result<()> {
     let i = f.fault;
     let store = &ctx.store;
-    let mut c = ctx.conn().await?;
+    let mut c = store.dedicated().await?;
     let mut rng = fastrand::Rng::with_seed(f.seed);
     match mode {
         "readd" => {
-            let effects: Vec<Vec<u8>> =
-                redis::cmd("LRANGE").arg(&store.keys.effects).arg(0).arg(-1).query_async(&mut c).await?;
-            let created: Vec<Vec<u8>> =
-                redis::cmd("LRANGE").arg(&store.keys.created).arg(0).arg(-1).query_async(&mut c).await?;
+            let effects = store.read_list_with(&mut c, &store.keys.effects, "the oracle's effects ledger").await?;
+            let created = store.read_list_with(&mut c, &store.keys.created, "the oracle's created ledger").await?;
             let mut by_id: HashMap<String, (Vec<u8>, i64)> = HashMap::new();
             for rec in &created {
                 let Some(colon) = rec.iter().position(|b| *b == b':') else { continue };
@@ -610,12 +571,7 @@ async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Resu
                         .unwrap_or_default(),
                     key,
                 };
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&store.keys.stream).arg("*");
-                for (k, v) in encode_entry(&ev) {
-                    cmd.arg(k).arg(v);
-                }
-                if cmd.query_async::<String>(&mut c).await.is_ok() {
+                if store.add_raw_entry(&mut c, &encode_entry(&ev)).await.is_ok() {
                     added += 1;
                 }
             }
@@ -625,14 +581,8 @@ async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Resu
             }
         }
         "setid" => {
-            let len: u64 = redis::cmd("XLEN").arg(&store.keys.stream).query_async(&mut c).await?;
-            let _: () = redis::cmd("XGROUP")
-                .arg("SETID")
-                .arg(&store.keys.stream)
-                .arg(&store.group)
-                .arg("0")
-                .query_async(&mut c)
-                .await?;
+            let len = store.stream_len(&mut c).await?;
+            store.rewind_group(&mut c).await?;
             ctx.count(i, "setid_calls", 1);
             ctx.count(i, "entries_rewound", len);
             ctx.fired(i);
@@ -642,37 +592,9 @@ async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Resu
             let start = Instant::now();
             let mut claimed = 0u64;
             while start.elapsed() < Duration::from_secs(3) && claimed == 0 {
-                let v: Value = redis::cmd("XPENDING")
-                    .arg(&store.keys.stream)
-                    .arg(&store.group)
-                    .arg("-")
-                    .arg("+")
-                    .arg(entries)
-                    .query_async(&mut c)
-                    .await?;
-                let ids: Vec<String> = match v {
-                    Value::Array(rows) => rows
-                        .iter()
-                        .filter_map(|r| match r {
-                            Value::Array(x) => match x.first() {
-                                Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-                                Some(Value::SimpleString(s)) => Some(s.clone()),
-                                _ => None,
-                            },
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => vec![],
-                };
+                let ids = store.pending_ids(&mut c, entries).await?;
                 if !ids.is_empty() {
-                    let mut cmd = redis::cmd("XCLAIM");
-                    cmd.arg(&store.keys.stream).arg(&store.group).arg("chaos-xclaim").arg(0);
-                    for id in &ids {
-                        cmd.arg(id);
-                    }
-                    cmd.arg("JUSTID");
-                    let got: Vec<String> = cmd.query_async(&mut c).await?;
-                    claimed += got.len() as u64;
+                    claimed += store.force_claim(&mut c, "chaos-xclaim", &ids).await?.len() as u64;
                 }
                 if claimed == 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;

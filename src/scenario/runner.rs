@@ -433,14 +433,11 @@ impl Drop for StopOnDrop {
 
 async fn background_keys(store: &Store, s: &Scenario) -> anyhow::Result<()> {
     let n = s.workload.background_keys;
-    let mut c = store.conn.clone();
+    let ttl = Duration::from_millis(s.workload.background_ttl_ms);
     let mut i = 0;
     while i < n {
-        let mut p = redis::pipe();
-        for j in i..(i + 1000).min(n) {
-            p.cmd("SET").arg(format!("{{{NS}}}:bg:{j}")).arg("x").arg("PX").arg(s.workload.background_ttl_ms).ignore();
-        }
-        p.query_async::<()>(&mut c).await?;
+        let batch: Vec<String> = (i..(i + 1000).min(n)).map(|j| format!("{{{NS}}}:bg:{j}")).collect();
+        store.set_expiring(&batch, "x", ttl).await?;
         i += 1000;
     }
     Ok(())
@@ -453,19 +450,9 @@ async fn wait_ready(store: &Store, s: &Scenario) -> anyhow::Result<()> {
     let start = Instant::now();
     let want = s.topology.consumer_processes * s.topology.consumers_per_process;
     loop {
-        let mut c = store.conn.clone();
-        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut c).await.unwrap_or_default();
+        let list = store.client_list().await.unwrap_or_default();
         let readers = list.lines().filter(|l| l.contains(" cmd=xreadgroup") || l.contains(" cmd=xautoclaim")).count();
-        let subs: Vec<redis::Value> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("__keyevent@0__:expired")
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        let listeners = match subs.get(1) {
-            Some(redis::Value::Int(n)) => *n as usize,
-            _ => 0,
-        };
+        let listeners = store.subscribers("__keyevent@0__:expired").await.unwrap_or(0) as usize;
         if readers >= want && listeners >= s.topology.listeners {
             return Ok(());
         }
@@ -477,43 +464,6 @@ async fn wait_ready(store: &Store, s: &Scenario) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Names of the group's consumers (`XINFO CONSUMERS`, RESP2 or RESP3 shape).
-pub async fn consumer_names(store: &Store) -> Vec<String> {
-    use redis::Value;
-    let mut c = store.conn.clone();
-    let v: Value = match redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(&store.keys.stream)
-        .arg(&store.group)
-        .query_async(&mut c)
-        .await
-    {
-        Ok(v) => v,
-        Err(_) => return vec![],
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    let mut out = vec![];
-    if let Value::Array(rows) = v {
-        for row in rows {
-            let pairs: Vec<(Value, Value)> = match row {
-                Value::Array(flat) => {
-                    flat.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect()
-                }
-                Value::Map(m) => m,
-                _ => continue,
-            };
-            if let Some((_, n)) = pairs.iter().find(|(k, _)| text(k).as_deref() == Some("name")) {
-                out.extend(text(n));
-            }
-        }
-    }
-    out
 }
 
 /// The workload: paced creations with TTLs drawn from the seed. Each batch is one atomic
@@ -598,8 +548,7 @@ async fn produce(
 
 async fn progress(store: &Store, s: &Scenario, t0: Instant, created: &AtomicU64, ctx: &Ctx) {
     let b = store.backlog().await.unwrap_or_default();
-    let mut c = store.conn.clone();
-    let effected: u64 = redis::cmd("LLEN").arg(&store.keys.effects).query_async(&mut c).await.unwrap_or(0);
+    let effected = store.list_len(&store.keys.effects).await.unwrap_or(0);
     let (fired, planned) = {
         let r = ctx.reports.lock().unwrap();
         (r.iter().map(|f| f.fired).sum::<u64>(), r.iter().map(|f| f.planned).sum::<u64>())
@@ -620,9 +569,7 @@ async fn progress(store: &Store, s: &Scenario, t0: Instant, created: &AtomicU64,
 /// the oracle's created ledger no longer holds, and effects rolled back by restarts.
 async fn acknowledged(store: &Store, ledger: &std::path::Path, ctx: &Ctx) -> anyhow::Result<Acknowledged> {
     let local = std::fs::read_to_string(ledger).unwrap_or_default();
-    let mut c = store.conn.clone();
-    let in_redis: Vec<Vec<u8>> =
-        redis::cmd("LRANGE").arg(&store.keys.created).arg(0).arg(-1).query_async(&mut c).await?;
+    let in_redis = store.read_list(&store.keys.created, "the oracle's created ledger").await?;
     let in_redis: std::collections::HashSet<Vec<u8>> = in_redis.into_iter().collect();
     let mut created = 0;
     let mut lost = 0;

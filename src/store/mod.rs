@@ -15,10 +15,15 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 
 use crate::core::{CommitOutcome, Event};
 
+mod admin;
+pub mod conn;
+pub mod ledgers;
 pub mod model;
 mod model_store;
+pub mod notify;
 pub mod protocol;
 pub mod scripts;
+pub mod server;
 
 pub use model_store::ModelStore;
 use scripts::{Call, ScriptId};
