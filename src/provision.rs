@@ -65,26 +65,99 @@ pub struct RedisServer {
     pub backend: String,
     /// `container`, `process` or `external`.
     pub kind: &'static str,
+    /// Which of [`SERVERS`] runs (None: the `redis-server` on PATH).
+    pub server: Option<String>,
     guard: Guard,
 }
 
 /// Extra server arguments every provisioned Redis gets: no RDB snapshots (tests own their
-/// data), `DEBUG` allowed from loopback for fault injection.
+/// data), `DEBUG` allowed from loopback for fault injection (servers before Redis 7.0 have
+/// no such setting and allow `DEBUG` anyway: see [`base_args`]).
 pub const BASE_ARGS: &[&str] = &["--save", "", "--appendonly", "no", "--enable-debug-command", "local"];
 
-impl RedisServer {
-    /// Provisions by `choice`. `Auto` tries a container, then a process, and says why it
-    /// fell back.
-    pub async fn start(choice: Choice, extra: &[String]) -> Result<RedisServer, ProvisionError> {
-        match choice {
-            Choice::Url(u) => {
-                Ok(RedisServer { url: u, backend: "external".into(), kind: "external", guard: Guard::External })
+/// The servers of the compatibility matrix (docs/COMPAT.md), fetched by
+/// `scripts/get-servers.sh` into `.servers/<name>/server`.
+pub const SERVERS: &[&str] = &["redis-6.2", "redis-7.0", "redis-8.2", "valkey-8.1", "valkey-9.1"];
+
+/// The server `EXPIRY_STREAM_SERVER` names (one of [`SERVERS`]); None when unset, which means
+/// the `redis-server` on PATH.
+pub fn server_choice() -> Result<Option<String>, ProvisionError> {
+    match std::env::var("EXPIRY_STREAM_SERVER").unwrap_or_default().trim() {
+        "" => Ok(None),
+        s if SERVERS.contains(&s) => Ok(Some(s.to_string())),
+        other => Err(ProvisionError::Unavailable(format!(
+            "EXPIRY_STREAM_SERVER={other:?} is not one of {}",
+            SERVERS.join(", ")
+        ))),
+    }
+}
+
+/// Where `scripts/get-servers.sh` puts the servers: `EXPIRY_STREAM_SERVERS_DIR`, else
+/// `.servers` in the source tree.
+fn servers_dir() -> PathBuf {
+    std::env::var_os("EXPIRY_STREAM_SERVERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".servers"))
+}
+
+/// The server binary to run: `server` (one of [`SERVERS`]), or `redis-server` on PATH.
+pub fn server_binary(server: Option<&str>) -> Result<PathBuf, ProvisionError> {
+    match server {
+        None => redis_server_path().ok_or_else(|| ProvisionError::Unavailable("redis-server not found on PATH".into())),
+        Some(name) => {
+            let bin = servers_dir().join(name).join("server");
+            if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(ProvisionError::Unavailable(format!(
+                    "{name} is not installed ({} missing): run scripts/get-servers.sh {name}",
+                    bin.display()
+                )))
             }
-            Choice::Process => start_process(extra).await,
-            Choice::Container => start_container(extra).await,
-            Choice::Auto => match start_container(extra).await {
+        }
+    }
+}
+
+/// [`BASE_ARGS`] as `server` takes them: Redis 6.2 refuses `enable-debug-command` (it came
+/// in 7.0), so it starts without.
+pub fn base_args(server: Option<&str>) -> Vec<&'static str> {
+    let old = server == Some("redis-6.2");
+    BASE_ARGS.iter().copied().take(if old { 4 } else { BASE_ARGS.len() }).collect()
+}
+
+/// The container image of `server`: `expiry-stream/redis:local` for the one on PATH,
+/// `expiry-stream/redis:<name>` for the others.
+pub fn image_tag(server: Option<&str>) -> String {
+    server.unwrap_or(TAG).to_string()
+}
+
+impl RedisServer {
+    /// Provisions by `choice`, running the server `EXPIRY_STREAM_SERVER` names. `Auto` tries
+    /// a container, then a process, and says why it fell back.
+    pub async fn start(choice: Choice, extra: &[String]) -> Result<RedisServer, ProvisionError> {
+        RedisServer::start_server(choice, server_choice()?.as_deref(), extra).await
+    }
+
+    /// [`RedisServer::start`] with the server named here (one of [`SERVERS`]; None: the
+    /// `redis-server` on PATH) whatever the environment says.
+    pub async fn start_server(
+        choice: Choice,
+        server: Option<&str>,
+        extra: &[String],
+    ) -> Result<RedisServer, ProvisionError> {
+        match choice {
+            Choice::Url(u) => Ok(RedisServer {
+                url: u,
+                backend: "external".into(),
+                kind: "external",
+                server: None,
+                guard: Guard::External,
+            }),
+            Choice::Process => start_process(server, extra).await,
+            Choice::Container => start_container(server, extra).await,
+            Choice::Auto => match start_container(server, extra).await {
                 Ok(s) => Ok(s),
-                Err(ce) => match start_process(extra).await {
+                Err(ce) => match start_process(server, extra).await {
                     Ok(s) => {
                         eprintln!("redis: container backend unavailable ({ce}); using a redis-server process");
                         Ok(s)
@@ -147,15 +220,14 @@ pub fn redis_server_path() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join("redis-server")).find(|p| p.is_file())
 }
 
-async fn start_process(extra: &[String]) -> Result<RedisServer, ProvisionError> {
-    let bin =
-        redis_server_path().ok_or_else(|| ProvisionError::Unavailable("redis-server not found on PATH".into()))?;
+async fn start_process(server: Option<&str>, extra: &[String]) -> Result<RedisServer, ProvisionError> {
+    let bin = server_binary(server)?;
     let port = free_port().map_err(|e| ProvisionError::Unavailable(format!("no free port: {e}")))?;
     let dir = std::env::temp_dir().join(format!("expiry-stream-redis-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", dir.display())))?;
     let mut cmd = std::process::Command::new(&bin);
     cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--dir").arg(&dir);
-    cmd.args(BASE_ARGS).args(extra);
+    cmd.args(base_args(server)).args(extra);
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
     let child = cmd.spawn().map_err(|e| ProvisionError::Unavailable(format!("{}: {e}", bin.display())))?;
     let url = format!("redis://127.0.0.1:{port}/");
@@ -164,16 +236,19 @@ async fn start_process(extra: &[String]) -> Result<RedisServer, ProvisionError> 
         url,
         backend: format!("process {pid} ({})", bin.display()),
         kind: "process",
+        server: server.map(String::from),
         guard: Guard::Process { child, dir },
     };
     wait_ready(&server.url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
     Ok(server)
 }
 
-/// Builds the local image when missing (no registry here: nothing can be pulled).
-pub fn ensure_image() -> Result<(), String> {
+/// Builds the chosen server's local image when missing (no registry here: nothing can be
+/// pulled), from the same binary the process backend runs.
+pub fn ensure_image(server: Option<&str>) -> Result<(), String> {
+    let tag = image_tag(server);
     let present = std::process::Command::new("docker")
-        .args(["image", "inspect", &format!("{IMAGE}:{TAG}")])
+        .args(["image", "inspect", &format!("{IMAGE}:{tag}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -185,29 +260,33 @@ pub fn ensure_image() -> Result<(), String> {
         .arg("-c")
         .arg(BUILD_SCRIPT)
         .arg("build-redis-image")
-        .arg(format!("{IMAGE}:{TAG}"))
+        .arg(format!("{IMAGE}:{tag}"))
+        .arg(server_binary(server).map_err(|e| e.to_string())?)
         .output()
         .map_err(|e| format!("bash: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("building image {IMAGE}:{TAG} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!("building image {IMAGE}:{tag} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
 #[cfg(feature = "containers")]
-async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError> {
+async fn start_container(server: Option<&str>, extra: &[String]) -> Result<RedisServer, ProvisionError> {
     use testcontainers::core::{ContainerPort, WaitFor};
     use testcontainers::runners::AsyncRunner;
     use testcontainers::{GenericImage, ImageExt};
-    let img =
-        tokio::task::spawn_blocking(ensure_image).await.map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
+    let owned = server.map(String::from);
+    let img = tokio::task::spawn_blocking(move || ensure_image(owned.as_deref()))
+        .await
+        .map_err(|e| ProvisionError::Unavailable(e.to_string()))?;
     img.map_err(ProvisionError::Unavailable)?;
     let mut args: Vec<String> =
         ["--bind", "0.0.0.0", "--protected-mode", "no", "--dir", "/data"].map(String::from).to_vec();
-    args.extend(BASE_ARGS.iter().map(|s| s.to_string()));
+    args.extend(base_args(server).iter().map(|s| s.to_string()));
     args.extend(extra.iter().cloned());
-    let c = GenericImage::new(IMAGE, TAG)
+    let tag = image_tag(server);
+    let c = GenericImage::new(IMAGE, &tag)
         .with_exposed_port(ContainerPort::Tcp(6379))
         .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
         .with_cmd(args)
@@ -221,14 +300,15 @@ async fn start_container(extra: &[String]) -> Result<RedisServer, ProvisionError
     wait_ready(&url, Duration::from_secs(10)).await.map_err(ProvisionError::Unavailable)?;
     Ok(RedisServer {
         url,
-        backend: format!("container {id} ({IMAGE}:{TAG})"),
+        backend: format!("container {id} ({IMAGE}:{tag})"),
         kind: "container",
+        server: server.map(String::from),
         guard: Guard::Container(Some(c)),
     })
 }
 
 #[cfg(not(feature = "containers"))]
-async fn start_container(_extra: &[String]) -> Result<RedisServer, ProvisionError> {
+async fn start_container(_server: Option<&str>, _extra: &[String]) -> Result<RedisServer, ProvisionError> {
     Err(ProvisionError::Unavailable("built without the `containers` feature".into()))
 }
 
@@ -264,7 +344,7 @@ impl RedisServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 tokio::time::sleep(down_for).await;
-                let bin = redis_server_path().ok_or_else(|| unavailable("redis-server not found on PATH".into()))?;
+                let bin = server_binary(self.server.as_deref())?;
                 let port = self
                     .url
                     .trim_end_matches('/')
@@ -274,7 +354,7 @@ impl RedisServer {
                     .ok_or_else(|| unavailable(format!("no port in {}", self.url)))?;
                 let mut cmd = std::process::Command::new(&bin);
                 cmd.arg("--port").arg(port.to_string()).arg("--bind").arg("127.0.0.1").arg("--dir").arg(&*dir);
-                cmd.args(BASE_ARGS).args(extra);
+                cmd.args(base_args(self.server.as_deref())).args(extra);
                 cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null());
                 *child = cmd.spawn().map_err(|e| unavailable(format!("{}: {e}", bin.display())))?;
                 self.backend = format!("process {} ({})", child.id(), bin.display());

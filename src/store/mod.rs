@@ -16,6 +16,7 @@ use redis::{AsyncConnectionConfig, Client, RedisResult, Script, Value};
 use crate::core::{CommitOutcome, Event};
 
 mod admin;
+pub mod compat;
 pub mod conn;
 pub mod ledgers;
 pub mod model;
@@ -84,6 +85,9 @@ pub enum StoreError {
     /// Any other error from Redis or redis-rs (a script error, a wrong type, bad config).
     #[error("redis: {0}")]
     Redis(redis::RedisError),
+    /// The server lacks a command the pipeline needs (see `store::compat`).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("unexpected reply to {what}: {reply}")]
     Reply { what: &'static str, reply: String },
     /// A retrying caller (such as `workload::produce`) gave up on retryable errors.
@@ -120,7 +124,7 @@ impl StoreError {
             StoreError::Redis(e) => {
                 matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN"))
             }
-            StoreError::Reply { .. } | StoreError::GaveUp { .. } => false,
+            StoreError::Reply { .. } | StoreError::GaveUp { .. } | StoreError::Unsupported(_) => false,
         }
     }
 }
@@ -257,7 +261,8 @@ impl Store {
         let cfg = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let mut conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        compat::check_server(&mut conn).await?;
         Ok(Store {
             client,
             keys: Keys::new(ns),

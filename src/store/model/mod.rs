@@ -196,6 +196,23 @@ pub struct ModelCounters {
     pub notifications_unheard: u64,
 }
 
+/// Where the servers users run differ in something the model answers: set for the server the
+/// model stands for ([`Behaviour::of`]); `tests/compat` holds each setting to its server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Behaviour {
+    /// `EXPIRE`/`PEXPIRE`/`PEXPIREAT` with a time already past deletes the key and publishes
+    /// `del` on Redis 7.0 and 8.2, `expired` on Valkey 8.1 and later (valkey-io/valkey#1517).
+    pub past_expire_publishes_expired: bool,
+}
+
+impl Behaviour {
+    /// The behaviour of a server of the compatibility matrix (`provision::SERVERS`); Redis's
+    /// for a name it does not know.
+    pub fn of(server: &str) -> Behaviour {
+        Behaviour { past_expire_publishes_expired: server.starts_with("valkey") }
+    }
+}
+
 /// The in-memory Redis.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -210,6 +227,8 @@ pub struct Model {
     /// How long after its deadline the active cycle deletes a key (None: never; only lazily).
     pub active_expire_lag_ms: Option<i64>,
     pub counters: ModelCounters,
+    /// Which server's rules the model follows where servers differ.
+    pub behaviour: Behaviour,
     /// The Lua interpreter `EVAL` runs scripts in (see [`Model::eval`]).
     lua: lua::LuaSlot,
 }
@@ -225,6 +244,7 @@ impl Model {
             subscribed: true,
             active_expire_lag_ms: None,
             counters: ModelCounters::default(),
+            behaviour: Behaviour::default(),
             lua: lua::LuaSlot::default(),
         }
     }
@@ -438,6 +458,9 @@ impl Model {
         }
         if at <= self.now {
             self.remove_entry(key);
+            if self.behaviour.past_expire_publishes_expired {
+                self.publish_expired(key);
+            }
         } else {
             self.set_expire(key, Some(at));
         }
