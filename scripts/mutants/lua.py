@@ -11,7 +11,7 @@ every `from` must occur exactly once in its file, the unmutated copy must pass e
 a copy with a broken common.lua must fail the first one (the override is really in effect).
 
 Usage: scripts/mutants/lua.py [--out DIR] [--only ID,ID] [--check]
-Writes DIR/results.json, DIR/results.tsv, DIR/summary.md and one log per mutant in DIR/logs/.
+Writes DIR/results.jsonl (as it goes; --resume continues it), DIR/results.json, DIR/results.tsv, DIR/summary.md and one log per mutant in DIR/logs/.
 Python 3.11+, standard library only.
 """
 
@@ -119,6 +119,9 @@ def run_stage(exe, args, limit, lua_dir, log):
     secs = time.monotonic() - start
     shutil.rmtree(tmp, ignore_errors=True)
     log.write(f"$ {' '.join(cmd)}\n{p.stdout}\n(exit {p.returncode}, {secs:.1f} s)\n\n")
+    if p.returncode < 0 or p.returncode == 143:
+        # The run itself was interrupted (SIGTERM to the runner's group): record nothing.
+        sys.exit(f"interrupted (exit {p.returncode}); continue with --resume")
     if p.returncode in (124, 137):
         return "timeout", [], secs
     if p.returncode == 0:
@@ -158,6 +161,10 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "mutants.out/lua"))
     ap.add_argument("--only", help="comma-separated mutant ids")
     ap.add_argument("--check", action="store_true", help="only check the catalogue against the scripts")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run the files' mutants in turn (a run cut short still covers every script)")
+    ap.add_argument("--no-build", action="store_true", help="reuse the binaries of the last build (OUT/exes.json)")
+    ap.add_argument("--resume", action="store_true", help="skip the mutants already in OUT/results.jsonl")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (not for recorded results)")
     a = ap.parse_args()
 
@@ -172,9 +179,22 @@ def main():
             sys.exit(f"unknown ids: {sorted(unknown)}")
         mutants = [m for m in mutants if m["id"] in ids]
 
+    if a.interleave:
+        by_file = {}
+        for m in mutants:
+            by_file.setdefault(m["file"], []).append(m)
+        queues = list(by_file.values())
+        mutants = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
     out = Path(a.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    exes = build()
+    exes_file = out / "exes.json"
+    if a.no_build and exes_file.exists():
+        # The binaries of an earlier build of this tree (no cargo: its lock may be held by others).
+        exes = json.loads(exes_file.read_text())
+    else:
+        exes = build()
+        exes_file.write_text(json.dumps(exes, indent=1) + "\n")
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="mutants-lua-") as tmp:
@@ -194,6 +214,14 @@ def main():
             print(f"baseline: every stage passes on the unmutated scripts ({secs:.0f} s)", flush=True)
 
         results = []
+        if a.resume:
+            # Mutants already recorded by an interrupted run (same catalogue) are not run again.
+            done = {json.loads(l)["id"]: json.loads(l) for l in open(out / "results.jsonl") if l.strip()}
+            results = [done[m["id"]] for m in mutants if m["id"] in done]
+            mutants = [m for m in mutants if m["id"] not in done]
+            print(f"resume: {len(results)} mutants already recorded", flush=True)
+        else:
+            (out / "results.jsonl").write_text("")
         for i, m in enumerate(mutants, 1):
             d = mutated_copy(m, Path(tmp) / m["id"])
             with open(out / "logs" / f"{m['id']}.log", "w") as log:
@@ -205,6 +233,8 @@ def main():
             r = dict(id=m["id"], file=m["file"], kind=m["kind"], what=m["what"], status=status, stage=stage,
                      tests=failed, seconds=round(secs, 1), equivalent=m.get("equivalent"))
             results.append(r)
+            with open(out / "results.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
             by = f" by {stage}: {', '.join(failed[:3])}" if stage else ""
             print(f"[{i}/{len(mutants)}] {m['id']}: {status}{by} ({secs:.0f} s)", flush=True)
 
