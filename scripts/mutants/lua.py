@@ -122,11 +122,12 @@ def run_stage(exe, args, limit, lua_dir, log):
     if p.returncode < 0 or p.returncode == 143:
         # The run itself was interrupted (SIGTERM to the runner's group): record nothing.
         sys.exit(f"interrupted (exit {p.returncode}); continue with --resume")
+    failed = re.findall(r"^test (\S+) \.\.\. FAILED", p.stdout, re.M)
     if p.returncode in (124, 137):
-        return "timeout", [], secs
+        # Killed either way; a test that failed before the limit is the better witness.
+        return ("fail" if failed else "timeout"), failed, secs
     if p.returncode == 0:
         return "pass", [], secs
-    failed = re.findall(r"^test (\S+) \.\.\. FAILED", p.stdout, re.M)
     if not failed:
         # Not a test's failure: the binary itself panicked or could not start.
         tail = p.stdout.strip().splitlines()[-1:] or ["(no output)"]
@@ -163,12 +164,16 @@ def main():
     ap.add_argument("--check", action="store_true", help="only check the catalogue against the scripts")
     ap.add_argument("--interleave", action="store_true",
                     help="run the files' mutants in turn (a run cut short still covers every script)")
+    ap.add_argument("--table", action="store_true", help="print OUT/results.jsonl as a Markdown table (docs/MUTANTS.md)")
     ap.add_argument("--no-build", action="store_true", help="reuse the binaries of the last build (OUT/exes.json)")
     ap.add_argument("--resume", action="store_true", help="skip the mutants already in OUT/results.jsonl")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (not for recorded results)")
     a = ap.parse_args()
 
     mutants = load_catalogue()
+    if a.table:
+        print_table(mutants, Path(a.out))
+        return
     print(f"catalogue: {len(mutants)} mutants, every `from` found exactly once")
     if a.check:
         return
@@ -239,6 +244,23 @@ def main():
             print(f"[{i}/{len(mutants)}] {m['id']}: {status}{by} ({secs:.0f} s)", flush=True)
 
     write_results(out, results, time.monotonic() - started)
+
+
+def print_table(mutants, out):
+    """Every catalogue entry with its recorded result (or "not run"), in catalogue order."""
+    done = {}
+    if (out / "results.jsonl").exists():
+        done = {json.loads(l)["id"]: json.loads(l) for l in open(out / "results.jsonl") if l.strip()}
+    print("| id | file | kind | result | stage: witness |")
+    print("|---|---|---|---|---|")
+    for m in mutants:
+        r = done.get(m["id"])
+        if r is None:
+            result, witness = "not run", ""
+        else:
+            result = r["status"]
+            witness = f"{r['stage']}: {', '.join(t.rsplit('::', 1)[-1] for t in r['tests'][:2])}" if r["stage"] else ""
+        print(f"| `{m['id']}` | {m['file']} | {m['kind']} | {result} | {witness} |")
 
 
 def write_results(out, results, secs):

@@ -36,12 +36,12 @@ run() { # name, cargo-mutants args...
 
 : >mutants.out/rust-summary.txt
 case $part in
-core | all) run core -f 'src/core/**' "$@" ;;&
+core | all) run core -f 'src/core/**' "$@" -- --lib --test model ;;&
 io | all)
     # Everything after `--` goes to cargo test; after the second `--`, to the test binaries
     # (the sweeps that must find duplicates with a safety switch off test the checker, not the code).
     run io -f 'src/store/**' -f 'src/consume/**' -f 'src/capture/**' "$@" -- \
-        --test sim --test exactly_once --test pipeline --test bad_input -- --skip sweep_finds_duplicates
+        --lib --test model --test sim --test exactly_once --test pipeline --test bad_input -- --skip sweep_finds_duplicates
     ;;
 core) ;;
 *)
