@@ -121,7 +121,7 @@ mutants:
     cat mutants.out/lua/summary.md mutants.out/rust-summary.txt
     exit $rc
 
-# The Lua scripts' mutation catalogue (scripts/mutants/lua.toml) on the fast tier, no rebuild per mutant (about 30 min). ARGS: --only ID,ID, --check.
+# The Lua scripts' mutation catalogue (scripts/mutants/lua.toml) on the fast tier, no rebuild per mutant (about an hour on 2 busy cores). ARGS: --only ID,ID, --check.
 mutants-lua *args:
     python3 scripts/mutants/lua.py {{args}}
 
