@@ -124,7 +124,26 @@ fuzz-explore:
         exit 1
     fi
 
-# Before a release: the checks too slow or too random for verify: random fuzzing and the server matrix (docs/COMPAT.md).
+# Mutation testing (not in verify: its own time budget, hours on 2 cores; docs/MUTANTS.md): the Lua catalogue, then cargo-mutants over core, consume, capture and store. Results in mutants.out/ (not committed); update docs/MUTANTS.md from them.
+mutants:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    rc=0
+    python3 scripts/mutants/lua.py || rc=$?
+    scripts/mutants/rust.sh all || rc=$?
+    echo "== mutants: summary"
+    cat mutants.out/lua/summary.md mutants.out/rust-summary.txt
+    exit $rc
+
+# The Lua scripts' mutation catalogue (scripts/mutants/lua.toml) on the fast tier, no rebuild per mutant (about an hour on 2 busy cores). ARGS: --only ID,ID, --check.
+mutants-lua *args:
+    python3 scripts/mutants/lua.py {{args}}
+
+# cargo-mutants (.cargo/mutants.toml) over PART: core, io (store, consume, capture) or all; ARGS go to cargo mutants (e.g. --shard 0/8).
+mutants-rust part="all" *args:
+    scripts/mutants/rust.sh {{part}} {{args}}
+
+# Before a release: the checks too slow or too random for verify: random fuzzing and the server matrix (docs/COMPAT.md); mutation testing (`just mutants`, hours) is run on its own.
 release: fuzz-explore compat
 
 # Property tests: the consumer/commit protocol on the model against a plain reference model (proptest-state-machine), and every encoding's round trip.

@@ -67,8 +67,37 @@ impl ScriptId {
         }
     }
 
+    /// The script's own files in `lua/`, in order; [`ScriptId::source`] is `common.lua`, then
+    /// each of these after a newline.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            ScriptId::Write => &["write.lua"],
+            ScriptId::Track => &["track.lua"],
+            ScriptId::Capture => &["capture.lua"],
+            ScriptId::Sweep => &["sweep.lua"],
+            ScriptId::Commit => &["effects.lua", "commit.lua"],
+            ScriptId::DeadLetter => &["dead_letter.lua"],
+            ScriptId::Release => &["release.lua"],
+            ScriptId::Prune => &["prune.lua"],
+            ScriptId::Retry => &["retry.lua"],
+            ScriptId::Claim => &["claim.lua"],
+        }
+    }
+
     /// The script's text as the server runs it: `common.lua` prepended.
+    ///
+    /// With the `mutants` feature and `EXPIRY_STREAM_LUA_DIR` set, the text is assembled from
+    /// that directory's files instead (`scripts/mutants/lua.sh` runs the tests on mutated copies).
     pub fn source(self) -> &'static str {
+        #[cfg(feature = "mutants")]
+        if let Some(s) = lua_dir::source(self) {
+            return s;
+        }
+        self.built_in()
+    }
+
+    /// The text compiled into the binary.
+    fn built_in(self) -> &'static str {
         match self {
             ScriptId::Write => source!("write.lua"),
             ScriptId::Track => source!("track.lua"),
@@ -81,6 +110,40 @@ impl ScriptId {
             ScriptId::Retry => source!("retry.lua"),
             ScriptId::Claim => source!("claim.lua"),
         }
+    }
+}
+
+/// Mutation testing of the scripts without a rebuild per mutant: the scripts read once per
+/// process from `EXPIRY_STREAM_LUA_DIR` (same files, same concatenation as `source!`).
+/// Only with the `mutants` feature; without it this code does not exist.
+#[cfg(feature = "mutants")]
+mod lua_dir {
+    use std::sync::OnceLock;
+
+    use super::ScriptId;
+
+    /// The script's text from `$EXPIRY_STREAM_LUA_DIR`, or None when the variable is unset.
+    /// A missing or unreadable file panics: a mutant must never silently run the built-in text.
+    pub(super) fn source(id: ScriptId) -> Option<&'static str> {
+        static SOURCES: OnceLock<Option<Vec<(ScriptId, &'static str)>>> = OnceLock::new();
+        let all = SOURCES.get_or_init(|| {
+            let dir = std::path::PathBuf::from(std::env::var_os("EXPIRY_STREAM_LUA_DIR")?);
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap_or_else(|e| panic!("EXPIRY_STREAM_LUA_DIR: {}: {e}", dir.join(f).display()))
+            };
+            let common = read("common.lua");
+            let texts = ScriptId::ALL.into_iter().map(|s| {
+                let mut text = common.clone();
+                for f in s.files() {
+                    text.push('\n');
+                    text.push_str(&read(f));
+                }
+                (s, &*Box::leak(text.into_boxed_str()))
+            });
+            Some(texts.collect())
+        });
+        all.as_ref().map(|v| v.iter().find(|(s, _)| *s == id).expect("every script").1)
     }
 }
 
@@ -368,10 +431,40 @@ mod tests {
     fn every_script_has_common_lua_first_and_its_own_text() {
         let common = include_str!("lua/common.lua");
         for s in ScriptId::ALL {
-            assert!(s.source().starts_with(common), "{}", s.name());
-            assert!(s.source().len() > common.len() + 100, "{}", s.name());
+            assert!(s.built_in().starts_with(common), "{}", s.name());
+            assert!(s.built_in().len() > common.len() + 100, "{}", s.name());
         }
-        assert!(ScriptId::Commit.source().contains("local function preflight"));
+        assert!(ScriptId::Commit.built_in().contains("local function preflight"));
+    }
+
+    /// `files()` (what `EXPIRY_STREAM_LUA_DIR` is read by) lists what `source!` includes.
+    #[test]
+    fn files_name_exactly_what_the_built_in_text_concatenates() {
+        macro_rules! lua {
+            ($($f:literal),+) => { [$(($f, include_str!(concat!("lua/", $f)))),+] };
+        }
+        let files = lua!(
+            "capture.lua",
+            "claim.lua",
+            "commit.lua",
+            "dead_letter.lua",
+            "effects.lua",
+            "prune.lua",
+            "release.lua",
+            "retry.lua",
+            "sweep.lua",
+            "track.lua",
+            "write.lua"
+        );
+        let read = |f: &str| files.iter().find(|(n, _)| *n == f).unwrap_or_else(|| panic!("{f}")).1;
+        for s in ScriptId::ALL {
+            let mut text = include_str!("lua/common.lua").to_string();
+            for f in s.files() {
+                text.push('\n');
+                text.push_str(read(f));
+            }
+            assert_eq!(text, s.built_in(), "{}", s.name());
+        }
     }
 
     #[test]
