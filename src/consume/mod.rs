@@ -3,15 +3,22 @@
 //! letters, graceful shutdown. Knows no Redis command itself: every call goes through
 //! [`crate::store::Store`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::core::{admit, after_handler, Admit, CommitOutcome, Effect, Event, Next, RetryPolicy};
+use crate::core::consumer::{Claim, Command, Counts, Failure, Input, Machine, Settings, Work};
+use crate::core::{CommitOutcome, RetryPolicy};
 use crate::store::conn::Dedicated;
-use crate::store::{CommitItem, LedgerConfig, RawEntry, Store};
+use crate::store::{CommitItem, LedgerConfig, Store};
+
+// The state machine's handled entry is what the committer commits.
+pub use crate::core::consumer::Handled;
 
 // The handler contract is the core's (the oracle implements it too); re-exported here, where
 // users of the consumer look for it.
@@ -72,7 +79,8 @@ impl ConsumerConfig {
     }
 }
 
-/// What one consumer did, counted from the commit script's replies.
+/// What one consumer did, counted from the store's replies by the state machine
+/// ([`crate::core::consumer::Counts`]) and published here for the process's reports.
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
     pub committed: AtomicU64,
@@ -82,6 +90,10 @@ pub struct ConsumerStats {
     pub retries: AtomicU64,
     pub reclaimed: AtomicU64,
     pub released: AtomicU64,
+    /// Of `released`: entries read ahead and handed back at shutdown.
+    pub readahead_released: AtomicU64,
+    /// Reads that doubled in size because the previous one came back full.
+    pub adaptive_growths: AtomicU64,
     pub errors: AtomicU64,
     /// Pending entries XAUTOCLAIM found deleted from the stream (dead-lettered by claim.lua).
     pub deleted_while_pending: AtomicU64,
@@ -91,25 +103,67 @@ pub struct ConsumerStats {
     pub partially_applied: AtomicU64,
 }
 
+impl ConsumerStats {
+    /// Adds what the machine counted since `seen`, and moves `seen` up to `now`.
+    fn absorb(&self, seen: &mut Counts, now: &Counts) {
+        macro_rules! add {
+            ($($f:ident),*) => {$(
+                let d = now.$f - seen.$f;
+                if d > 0 {
+                    self.$f.fetch_add(d, Ordering::Relaxed);
+                }
+            )*};
+        }
+        add!(
+            committed,
+            duplicates_suppressed,
+            fenced,
+            dead_lettered,
+            retries,
+            reclaimed,
+            released,
+            readahead_released,
+            adaptive_growths,
+            errors,
+            deleted_while_pending,
+            effects_refused,
+            partially_applied
+        );
+        *seen = now.clone();
+    }
+}
+
 /// A unique consumer name per incarnation: the fence compares owner names, so a restarted
 /// process must never inherit the name (and pending entries) of one that may still run.
 pub fn consumer_name(prefix: &str, index: usize) -> String {
     format!("{prefix}-{index}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
-enum Done {
-    Effects(Event, Vec<Effect>),
-    Dead(String),
-    Dropped,
+/// The machine's settings from the consumer's.
+fn settings(cfg: &ConsumerConfig, prune: bool) -> Settings {
+    Settings {
+        batch: cfg.batch,
+        concurrency: cfg.concurrency,
+        claim_interval: cfg.claim_interval,
+        prune_every: prune.then_some(cfg.prune_idle / 4),
+        policy: cfg.retry_policy(),
+        max_payload: cfg.max_payload,
+    }
 }
 
-struct Work {
-    entry: RawEntry,
-    token: u64,
+fn failure(e: &crate::store::StoreError) -> Failure {
+    let message = e.to_string();
+    Failure { no_group: message.contains("NOGROUP"), reconnect: e.is_retryable(), message }
 }
+
+/// A command being carried out; it ends with the machine's input.
+type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
 
 /// Runs one consumer until `stop` turns true; then finishes what it started, commits it, and
-/// releases what it had not started.
+/// releases what it had not started. The decisions are [`Machine`]'s (the simulator drives the
+/// same one); this is only its I/O: each command becomes a future, each future's result the
+/// machine's next input.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_consumer(
     store: Store,
     name: String,
@@ -125,119 +179,126 @@ pub async fn run_consumer(
     // A connection killed while the consumer starts is retried, not fatal (a restart storm
     // must not take consumers down with it); a Redis that never answers still ends it.
     let (mut conn, mut rconn) = connect_pair(&store, &name).await?;
-    let mut ahead: Option<tokio::task::JoinHandle<crate::store::Result<Vec<RawEntry>>>> = None;
-    // Entries per read: one while the consumer keeps up (the lowest latency, the most even
-    // spread), doubling up to `cfg.batch` while reads come back full (a backlog: fewer calls
-    // per entry, and the backlog's latency is what it is anyway), halving as it drains.
-    let mut count = 1usize;
-    let mut cursor = "0-0".to_string();
-    let mut last_claim = Instant::now();
-    let mut last_prune = Instant::now();
-    // The commit of one batch runs (in the process's committer) while the next batch is read
-    // and handled: one commit in flight per consumer, awaited before the next and at shutdown.
-    let mut committing: Option<oneshot::Receiver<Result<Vec<CommitOutcome>, String>>> = None;
+    let t0 = tokio::time::Instant::now();
+    let now = || t0.elapsed().as_millis() as i64;
+    let mut m = Machine::new(settings(&cfg, prune), now());
+    let mut ops: FuturesUnordered<Op> = FuturesUnordered::new();
+    let mut seen = Counts::default();
+    let mut stop_sent = false;
+    let mut cmds = vec![];
     loop {
-        if *stop.borrow_and_update() {
-            break;
+        if !stop_sent && *stop.borrow_and_update() {
+            stop_sent = true;
+            cmds.extend(m.on(now(), Input::Stop));
         }
-        let work: Vec<Work> = if last_claim.elapsed() >= cfg.claim_interval {
-            last_claim = Instant::now();
-            if prune && last_prune.elapsed() >= cfg.prune_idle / 4 {
-                last_prune = Instant::now();
-                let _ = store.prune_consumers(cfg.prune_idle).await;
-            }
-            match store.reclaim(&mut conn, &name, cfg.claim_idle, &cursor, cfg.batch).await {
-                Ok(claimed) => {
-                    cursor = claimed.next;
-                    stats.reclaimed.fetch_add(claimed.entries.len() as u64, Ordering::Relaxed);
-                    if !claimed.deleted.is_empty() {
-                        // Already in the dead-letter stream (claim.lua); say so where people look.
-                        stats.deleted_while_pending.fetch_add(claimed.deleted.len() as u64, Ordering::Relaxed);
-                        eprintln!(
-                            "{name}: {} pending entries were deleted from the stream by another program (dead-lettered): {}",
-                            claimed.deleted.len(),
-                            claimed.deleted.join(" ")
-                        );
-                    }
-                    claimed.entries.into_iter().map(|(entry, token)| Work { entry, token }).collect()
-                }
-                Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("{name}: reclaim failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    // The connection may be dead (CLIENT KILL, restart): make new ones, or the
-                    // next reclaim fails the same way forever.
-                    if e.is_retryable() {
-                        if let (Ok(c), Ok(r)) = (store.dedicated().await, store.dedicated().await) {
-                            (conn, rconn) = (c, r);
+        cmds.extend(m.poll(now()));
+        for c in cmds.drain(..) {
+            match c {
+                Command::Read { count } => {
+                    let (s, mut c, n, block) = (store.clone(), rconn.clone(), name.clone(), cfg.block);
+                    ops.push(Box::pin(async move {
+                        let r = s.read_new(&mut c, &n, count, block).await;
+                        if r.as_ref().is_ok_and(|v| !v.is_empty()) {
+                            crate::fault::point("consume::after_read").await;
                         }
-                    }
-                    continue;
+                        Input::Read(r.map_err(|e| failure(&e)))
+                    }));
                 }
-            }
-        } else {
-            let read = match ahead.take() {
-                Some(h) => h.await.unwrap_or_else(|e| {
-                    Err(crate::store::StoreError::Reply { what: "read-ahead task", reply: e.to_string() })
-                }),
-                None => store.read_new(&mut rconn, &name, count, cfg.block).await,
-            };
-            match read {
-                // Entries read with `>` are on their first delivery.
-                Ok(entries) => {
-                    count = if entries.len() >= count { (count * 2).min(cfg.batch.max(1)) } else { (count / 2).max(1) };
-                    entries.into_iter().map(|entry| Work { entry, token: 1 }).collect()
+                Command::Claim { cursor, count } => {
+                    let (s, mut c, n, idle) = (store.clone(), conn.clone(), name.clone(), cfg.claim_idle);
+                    ops.push(Box::pin(async move {
+                        let r = s.reclaim(&mut c, &n, idle, &cursor, count).await.map(|c| Claim {
+                            next: c.next,
+                            entries: c.entries.into_iter().map(|(entry, token)| Work { entry, token }).collect(),
+                            deleted: c.deleted,
+                        });
+                        Input::Claimed(r.map_err(|e| failure(&e)))
+                    }));
                 }
-                Err(e) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !e.to_string().contains("NOGROUP") {
-                        eprintln!("{name}: read failed: {e}");
-                    } else {
-                        let _ = store.ensure_group().await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    // The connections may be dead (CLIENT KILL, restart): make new ones.
+                Command::Prune => {
+                    let (s, idle) = (store.clone(), cfg.prune_idle);
+                    tokio::spawn(async move {
+                        let _ = s.prune_consumers(idle).await;
+                    });
+                }
+                Command::Handle { slot, entry_id, token, event } => {
+                    let h = handler.clone();
+                    let delivery = Delivery { entry_id, consumer: name.clone(), token };
+                    ops.push(Box::pin(async move {
+                        let result = h.handle(&event, &delivery).await;
+                        Input::Handled { slot, result, unit: fastrand::f64() }
+                    }));
+                }
+                Command::Retry { slot, entry_id, token, after } => {
+                    let (s, mut c, n) = (store.clone(), conn.clone(), name.clone());
+                    ops.push(Box::pin(async move {
+                        tokio::time::sleep(after).await;
+                        let result = s.retry(&mut c, &n, &entry_id, token).await.map_err(|e| failure(&e));
+                        Input::Retried { slot, result }
+                    }));
+                }
+                Command::DeadLetter { slot, entry_id, token, reason } => {
+                    let (s, mut c, n) = (store.clone(), conn.clone(), name.clone());
+                    ops.push(Box::pin(async move {
+                        let result = s.dead_letter(&mut c, &n, &entry_id, token, &reason).await;
+                        Input::DeadLettered { slot, result: result.map_err(|e| failure(&e)) }
+                    }));
+                }
+                Command::Commit(items) => {
+                    let (committer, n) = (committer.clone(), name.clone());
+                    ops.push(Box::pin(async move {
+                        crate::fault::point("consume::before_commit").await;
+                        let rx = committer.submit(&n, items);
+                        let result = rx.await.unwrap_or_else(|_| Err("committer stopped".into()));
+                        crate::fault::point("consume::after_commit").await;
+                        Input::Committed(result.map_err(|message| Failure { message, no_group: false, reconnect: false }))
+                    }));
+                }
+                Command::Release(ids) => {
+                    let (s, mut c, n, idle) = (store.clone(), conn.clone(), name.clone(), cfg.claim_idle * 10);
+                    ops.push(Box::pin(async move {
+                        Input::Released(s.release(&mut c, &n, &ids, idle).await.map_err(|e| failure(&e)))
+                    }));
+                }
+                // The connections may be dead (CLIENT KILL, restart): make new ones, or the
+                // next call fails the same way forever.
+                Command::Reconnect => {
                     if let (Ok(c), Ok(r)) = (store.dedicated().await, store.dedicated().await) {
                         (conn, rconn) = (c, r);
                     }
-                    continue;
+                }
+                Command::EnsureGroup => {
+                    let _ = store.ensure_group().await;
+                }
+                Command::Warn(w) => eprintln!("{name}: {w}"),
+                Command::Done => {
+                    stats.absorb(&mut seen, m.counts());
+                    return Ok(());
                 }
             }
-        };
-        if work.is_empty() {
-            continue;
         }
-        if !*stop.borrow() {
-            // Read the next entry while this batch is handled: the read's round trip leaves the
-            // per-entry cycle. Redis serves blocked readers first come, first served, so a
-            // consumer that is idle (blocked earlier) still gets a new entry before this one.
-            let (s, mut c, n, b) = (store.clone(), rconn.clone(), name.clone(), count);
-            let block = cfg.block;
-            ahead = Some(tokio::spawn(async move { s.read_new(&mut c, &n, b, block).await }));
-        }
-        crate::fault::point("consume::after_read").await;
-        let finished = process(&store, &mut conn, &name, &*handler, &cfg, &stats, &stop, work).await;
-        if let Some(prev) = committing.take() {
-            settle(&name, prev, &stats).await;
-        }
-        if !finished.is_empty() {
-            crate::fault::point("consume::before_commit").await;
-            committing = Some(committer.submit(&name, finished));
-        }
-    }
-    if let Some(prev) = committing.take() {
-        settle(&name, prev, &stats).await;
-    }
-    // A read still outstanding at shutdown: hand back whatever it delivered.
-    if let Some(h) = ahead.take() {
-        if let Ok(Ok(entries)) = h.await {
-            let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
-            if let Ok(n) = store.release(&mut conn, &name, &ids, cfg.claim_idle * 10).await {
-                stats.released.fetch_add(n, Ordering::Relaxed);
+        stats.absorb(&mut seen, m.counts());
+        let wake = m.next_wake(now()).map(|t| t0 + Duration::from_millis(t as u64));
+        let input = tokio::select! {
+            Some(input) = ops.next(), if !ops.is_empty() => Some(input),
+            _ = stop.changed(), if !stop_sent => None,
+            _ = tokio::time::sleep_until(wake.unwrap_or(t0)), if wake.is_some() => None,
+            else => {
+                // Nothing out and nothing due: cannot happen while the machine runs (a read is
+                // always out or due); a short wait keeps a bug from spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
             }
+        };
+        if let Some(input) = input {
+            cmds = m.on(now(), input);
+        }
+        if stop.has_changed().is_err() && !stop_sent {
+            // The sender is gone: nobody can ask for a stop any more; stop now.
+            stop_sent = true;
+            cmds.extend(m.on(now(), Input::Stop));
         }
     }
-    Ok(())
 }
 
 /// The consumer's two dedicated connections, retried for a while on connection loss.
@@ -255,14 +316,6 @@ async fn connect_pair(store: &Store, name: &str) -> anyhow::Result<(Dedicated, D
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// A handled entry waiting for its commit.
-pub struct Handled {
-    pub entry_id: String,
-    pub token: u64,
-    pub event: Event,
-    pub effects: Vec<Effect>,
 }
 
 struct CommitRequest {
@@ -353,132 +406,3 @@ impl Committer {
     }
 }
 
-/// Waits for a submitted commit and counts what the script decided.
-async fn settle(name: &str, rx: oneshot::Receiver<Result<Vec<CommitOutcome>, String>>, stats: &ConsumerStats) {
-    let result = rx.await.unwrap_or_else(|_| Err("committer stopped".into()));
-    crate::fault::point("consume::after_commit").await;
-    match result {
-        Ok(outcomes) => {
-            for o in outcomes {
-                let c = match &o {
-                    CommitOutcome::Committed => &stats.committed,
-                    CommitOutcome::AlreadyApplied => &stats.duplicates_suppressed,
-                    CommitOutcome::NotOwner => &stats.fenced,
-                    CommitOutcome::EffectsRefused(_) => &stats.effects_refused,
-                    CommitOutcome::PartiallyApplied(reason) => {
-                        eprintln!("{name}: an entry was PARTIALLY APPLIED and dead-lettered: {reason}");
-                        &stats.partially_applied
-                    }
-                };
-                c.fetch_add(1, Ordering::Relaxed);
-                if o.dead_lettered() {
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        // Not committed: the entries stay pending and are reclaimed after `claim_idle`;
-        // the ledger makes the second attempt safe whatever happened to this one.
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            eprintln!("{name}: commit failed: {e}");
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn process(
-    store: &Store,
-    conn: &mut Dedicated,
-    name: &str,
-    handler: &dyn Handler,
-    cfg: &ConsumerConfig,
-    stats: &ConsumerStats,
-    stop: &watch::Receiver<bool>,
-    work: Vec<Work>,
-) -> Vec<Handled> {
-    let mut finished: Vec<Handled> = Vec::with_capacity(work.len());
-    let mut release: Vec<String> = vec![];
-    let mut queue = work.into_iter();
-    loop {
-        if *stop.borrow() {
-            // Not started: hand back at once rather than make others wait `claim_idle`.
-            release.extend(queue.by_ref().map(|w| w.entry.id));
-            break;
-        }
-        let chunk: Vec<Work> = queue.by_ref().take(cfg.concurrency.max(1)).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let results = futures_util::future::join_all(
-            chunk.into_iter().map(|w| handle_one(store, conn.clone(), name, handler, cfg, stats, w)),
-        )
-        .await;
-        for (w, done) in results {
-            match done {
-                Done::Effects(event, effects) => {
-                    finished.push(Handled { entry_id: w.entry.id, token: w.token, event, effects })
-                }
-                Done::Dead(reason) => dead_letter(store, conn, name, stats, &w, &reason).await,
-                Done::Dropped => {}
-            }
-        }
-    }
-    if !release.is_empty() {
-        if let Ok(n) = store.release(conn, name, &release, cfg.claim_idle * 10).await {
-            stats.released.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-    finished
-}
-
-async fn dead_letter(store: &Store, conn: &mut Dedicated, name: &str, stats: &ConsumerStats, w: &Work, reason: &str) {
-    match store.dead_letter(conn, name, &w.entry.id, w.token, reason).await {
-        Ok(true) => {
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(false) => {
-            stats.fenced.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            eprintln!("{name}: dead-letter of {} failed: {e}", w.entry.id);
-        }
-    }
-}
-
-async fn handle_one(
-    store: &Store,
-    mut conn: Dedicated,
-    name: &str,
-    handler: &dyn Handler,
-    cfg: &ConsumerConfig,
-    stats: &ConsumerStats,
-    mut w: Work,
-) -> (Work, Done) {
-    let policy = cfg.retry_policy();
-    let event = match admit(&w.entry.fields, w.token, &policy, cfg.max_payload) {
-        Admit::Handle(e) => e,
-        Admit::DeadLetter(reason) => return (w, Done::Dead(reason)),
-    };
-    loop {
-        let delivery = Delivery { entry_id: w.entry.id.clone(), consumer: name.to_string(), token: w.token };
-        let result = handler.handle(&event, &delivery).await;
-        match after_handler(result, w.token, &policy, fastrand::f64()) {
-            Next::Commit(effects) => return (w, Done::Effects(event, effects)),
-            Next::DeadLetter(reason) => return (w, Done::Dead(reason)),
-            Next::Retry { after } => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(after).await;
-                match store.retry(&mut conn, name, &w.entry.id, w.token).await {
-                    Ok(Some(t)) => w.token = t,
-                    // Someone else holds it now; they will deliver it.
-                    Ok(None) => return (w, Done::Dropped),
-                    Err(e) => {
-                        eprintln!("{name}: retry of {} failed: {e}", w.entry.id);
-                        return (w, Done::Dropped);
-                    }
-                }
-            }
-        }
-    }
-}

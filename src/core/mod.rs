@@ -2,6 +2,7 @@
 //! stream entries, and turns store replies into decisions. Everything here is a function
 //! of its inputs, which is what lets the property tests and fuzz targets drive it alone.
 
+pub mod consumer;
 pub mod handler;
 pub mod sync;
 
@@ -54,6 +55,13 @@ impl Via {
             _ => None,
         }
     }
+}
+
+/// A stream entry as read, before decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One expiration event as delivered to a handler.

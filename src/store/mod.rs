@@ -158,12 +158,9 @@ pub fn clip_text(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// A stream entry as read, before decoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawEntry {
-    pub id: String,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-}
+// A stream entry as read, before decoding: the core's type (the consumer's state machine
+// holds entries), re-exported where the store's callers look for it.
+pub use crate::core::RawEntry;
 
 /// One entry of a commit batch.
 pub struct CommitItem<'a> {

@@ -1,0 +1,688 @@
+//! The consumer's logic as a state machine with no I/O: replies, handler outcomes and the
+//! clock go in ([`Input`]), commands to issue come out ([`Command`]). Two drivers run the same
+//! machine: `consume` with tokio against Redis, and the simulator in virtual time against the
+//! model. So read-ahead, adaptive reads, the in-flight table, backoff, dead letters, the
+//! pipelined commit and the release at shutdown are one implementation, simulated and run.
+//!
+//! One consumer's cycle: a read (or, every `claim_interval`, a reclaim) fills `ready`; a batch
+//! is taken from it and its entries are handled, up to `concurrency` at once; while they run,
+//! the next read is already out (read-ahead). A finished batch becomes one commit; one commit
+//! is in flight at a time and the next batch is handled meanwhile. On stop, what was never
+//! started (the rest of the batch, read-ahead entries, a read still out) is released at once,
+//! what runs finishes and is committed, and then the machine says [`Command::Done`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::{admit, after_handler, Admit, CommitOutcome, Effect, Event, HandlerError, Next, RawEntry, RetryPolicy};
+
+/// What the machine needs to decide; the driver's other settings (block time, claim idle
+/// time, ledger) belong to the I/O it does.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Most entries per read or reclaim.
+    pub batch: usize,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    pub claim_interval: Duration,
+    /// Remove idle consumers this often (`None`: this consumer does not prune).
+    pub prune_every: Option<Duration>,
+    pub policy: RetryPolicy,
+    pub max_payload: usize,
+}
+
+/// An entry and its delivery count (the commit's fencing token).
+#[derive(Clone, Debug)]
+pub struct Work {
+    pub entry: RawEntry,
+    pub token: u64,
+}
+
+/// A handled entry waiting for its commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handled {
+    pub entry_id: String,
+    pub token: u64,
+    pub event: Event,
+    pub effects: Vec<Effect>,
+}
+
+/// A failed store call, as the machine needs to know it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub message: String,
+    /// The group is gone (`NOGROUP`): create it again.
+    pub no_group: bool,
+    /// The connection may be dead: make new ones.
+    pub reconnect: bool,
+}
+
+/// What a reclaim returned.
+#[derive(Clone, Debug, Default)]
+pub struct Claim {
+    pub next: String,
+    pub entries: Vec<Work>,
+    /// Pending entries the stream no longer held (already dead-lettered by the script).
+    pub deleted: Vec<String>,
+}
+
+/// Identifies an entry in the in-flight table across a handler run or a retry.
+pub type Slot = u64;
+
+/// Something that happened, fed to [`Machine::on`].
+#[derive(Debug)]
+pub enum Input {
+    Read(Result<Vec<RawEntry>, Failure>),
+    Claimed(Result<Claim, Failure>),
+    /// A handler finished; `unit` is a uniform draw from [0, 1) for the backoff jitter.
+    Handled { slot: Slot, result: Result<Vec<Effect>, HandlerError>, unit: f64 },
+    /// The retry call after the backoff: the new token, or `None` when the entry is no longer ours.
+    Retried { slot: Slot, result: Result<Option<u64>, Failure> },
+    /// `true`: dead-lettered; `false`: the fence refused.
+    DeadLettered { slot: Slot, result: Result<bool, Failure> },
+    Committed(Result<Vec<CommitOutcome>, Failure>),
+    Released(Result<u64, Failure>),
+    /// Finish what runs, release the rest, then [`Command::Done`].
+    Stop,
+}
+
+/// What the driver must do. Every command but `Prune`, `Reconnect`, `EnsureGroup`, `Warn` and
+/// `Done` answers with exactly one [`Input`].
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Read new entries (`XREADGROUP ... >`, blocking); answers [`Input::Read`].
+    Read { count: usize },
+    /// Reclaim idle entries from `cursor`; answers [`Input::Claimed`].
+    Claim { cursor: String, count: usize },
+    /// Remove idle consumers holding nothing (no answer).
+    Prune,
+    /// Run the handler; answers [`Input::Handled`].
+    Handle { slot: Slot, entry_id: String, token: u64, event: Event },
+    /// Wait `after`, then take another delivery; answers [`Input::Retried`].
+    Retry { slot: Slot, entry_id: String, token: u64, after: Duration },
+    /// Answers [`Input::DeadLettered`].
+    DeadLetter { slot: Slot, entry_id: String, token: u64, reason: String },
+    /// One batch's fenced commit; answers [`Input::Committed`].
+    Commit(Vec<Handled>),
+    /// Hand entries back for immediate reclaim; answers [`Input::Released`].
+    Release(Vec<String>),
+    /// The connections may be dead: make new ones (no answer).
+    Reconnect,
+    /// Create the consumer group again (no answer).
+    EnsureGroup,
+    /// Something people should see (no answer).
+    Warn(String),
+    /// Stopped: nothing held, nothing outstanding.
+    Done,
+}
+
+/// What the machine saw happen, counted from replies (never from what it asked for).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub committed: u64,
+    pub duplicates_suppressed: u64,
+    pub fenced: u64,
+    pub dead_lettered: u64,
+    pub effects_refused: u64,
+    pub partially_applied: u64,
+    pub retries: u64,
+    pub reclaimed: u64,
+    pub deleted_while_pending: u64,
+    pub released: u64,
+    /// Of `released`: entries read ahead (in `ready`, or from a read that came back after stop).
+    pub readahead_released: u64,
+    /// Reads whose size doubled because the previous one came back full.
+    pub adaptive_growths: u64,
+    pub errors: u64,
+}
+
+/// Why an entry is in the in-flight table.
+#[derive(Debug)]
+enum Flight {
+    Handling { entry_id: String, token: u64, event: Event },
+    Retrying { entry_id: String, event: Event },
+    DeadLettering,
+}
+
+/// Pause after a failed read or reclaim before the next.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// One consumer's decisions. Time is milliseconds on the driver's clock.
+pub struct Machine {
+    s: Settings,
+    /// Entries per read: one while the consumer keeps up (lowest latency, most even spread),
+    /// doubling up to `batch` while reads come back full, halving as the backlog drains.
+    count: usize,
+    cursor: String,
+    last_claim: i64,
+    last_prune: i64,
+    /// No read or reclaim before this (after a failure).
+    hold_until: i64,
+    reading: bool,
+    claiming: bool,
+    /// Read (or reclaimed) and not yet taken into a batch: the read-ahead.
+    ready: VecDeque<Work>,
+    /// The batch being handled: entries not started yet.
+    queue: VecDeque<Work>,
+    /// The in-flight table: handlers, retries and dead letters outstanding.
+    flight: BTreeMap<Slot, Flight>,
+    next_slot: Slot,
+    /// Handled entries of the current batch.
+    finished: Vec<Handled>,
+    /// A whole batch handled, waiting for the commit in flight to settle.
+    waiting: Option<Vec<Handled>>,
+    committing: bool,
+    releasing: usize,
+    /// Entries to release once (collected at stop).
+    to_release: Vec<String>,
+    readahead_to_release: u64,
+    releasing_readahead: VecDeque<u64>,
+    stopping: bool,
+    done: bool,
+    counts: Counts,
+}
+
+impl Machine {
+    pub fn new(settings: Settings, now: i64) -> Machine {
+        Machine {
+            s: settings,
+            count: 1,
+            cursor: "0-0".into(),
+            last_claim: now,
+            last_prune: now,
+            hold_until: now,
+            reading: false,
+            claiming: false,
+            ready: VecDeque::new(),
+            queue: VecDeque::new(),
+            flight: BTreeMap::new(),
+            next_slot: 0,
+            finished: vec![],
+            waiting: None,
+            committing: false,
+            releasing: 0,
+            to_release: vec![],
+            readahead_to_release: 0,
+            releasing_readahead: VecDeque::new(),
+            stopping: false,
+            done: false,
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Entries per read now.
+    pub fn read_size(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Holds no entry and waits for no commit, dead letter, retry or release: what is left
+    /// is at most a read or reclaim, which holds nothing until it answers.
+    pub fn holds_nothing(&self) -> bool {
+        self.ready.is_empty()
+            && self.queue.is_empty()
+            && self.flight.is_empty()
+            && self.finished.is_empty()
+            && self.waiting.is_none()
+            && !self.committing
+            && self.releasing == 0
+            && self.to_release.is_empty()
+    }
+
+    /// Entries this consumer holds in memory (read, not yet committed, released or dead-lettered).
+    pub fn held(&self) -> usize {
+        self.ready.len()
+            + self.queue.len()
+            + self.flight.len()
+            + self.finished.len()
+            + self.waiting.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Feeds one input. Call [`Machine::poll`] afterwards for what to do next.
+    pub fn on(&mut self, now: i64, input: Input) -> Vec<Command> {
+        let mut out = vec![];
+        match input {
+            Input::Stop => {
+                if !self.stopping {
+                    self.stopping = true;
+                    // Not started: hand back at once rather than make others wait `claim_idle`.
+                    let n = self.ready.len() as u64;
+                    self.readahead_to_release += n;
+                    self.to_release.extend(self.ready.drain(..).map(|w| w.entry.id));
+                    self.to_release.extend(self.queue.drain(..).map(|w| w.entry.id));
+                }
+            }
+            Input::Read(r) => {
+                self.reading = false;
+                match r {
+                    Ok(entries) => {
+                        let n = entries.len();
+                        if n >= self.count {
+                            let grown = (self.count * 2).min(self.s.batch.max(1));
+                            if grown > self.count {
+                                self.counts.adaptive_growths += 1;
+                            }
+                            self.count = grown;
+                        } else {
+                            self.count = (self.count / 2).max(1);
+                        }
+                        // Entries read with `>` are on their first delivery.
+                        let work = entries.into_iter().map(|entry| Work { entry, token: 1 });
+                        if self.stopping {
+                            // A read still out at shutdown: hand back whatever it delivered.
+                            self.readahead_to_release += n as u64;
+                            self.to_release.extend(work.map(|w| w.entry.id));
+                        } else {
+                            self.ready.extend(work);
+                        }
+                    }
+                    Err(f) => self.failed(now, "read", f, &mut out),
+                }
+            }
+            Input::Claimed(r) => {
+                self.claiming = false;
+                match r {
+                    Ok(c) => {
+                        self.cursor = c.next;
+                        self.counts.reclaimed += c.entries.len() as u64;
+                        if !c.deleted.is_empty() {
+                            // Already in the dead-letter stream (claim.lua); say so where people look.
+                            self.counts.deleted_while_pending += c.deleted.len() as u64;
+                            out.push(Command::Warn(format!(
+                                "{} pending entries were deleted from the stream by another program (dead-lettered): {}",
+                                c.deleted.len(),
+                                c.deleted.join(" ")
+                            )));
+                        }
+                        if self.stopping {
+                            self.to_release.extend(c.entries.into_iter().map(|w| w.entry.id));
+                        } else {
+                            self.ready.extend(c.entries);
+                        }
+                    }
+                    Err(f) => self.failed(now, "reclaim", f, &mut out),
+                }
+            }
+            Input::Handled { slot, result, unit } => {
+                let Some(Flight::Handling { entry_id, token, event }) = self.flight.remove(&slot) else {
+                    return out;
+                };
+                match after_handler(result, token, &self.s.policy, unit) {
+                    Next::Commit(effects) => self.finished.push(Handled { entry_id, token, event, effects }),
+                    Next::DeadLetter(reason) => self.dead_letter(slot, entry_id, token, reason, &mut out),
+                    // Stopping: no new delivery is taken; the entry goes back at once.
+                    Next::Retry { .. } if self.stopping => self.to_release.push(entry_id),
+                    Next::Retry { after } => {
+                        self.counts.retries += 1;
+                        out.push(Command::Retry { slot, entry_id: entry_id.clone(), token, after });
+                        self.flight.insert(slot, Flight::Retrying { entry_id, event });
+                    }
+                }
+            }
+            Input::Retried { slot, result } => {
+                let Some(Flight::Retrying { entry_id, event }) = self.flight.remove(&slot) else {
+                    return out;
+                };
+                match result {
+                    // Stopping: this delivery is ours but not started; hand it back.
+                    Ok(Some(_)) if self.stopping => self.to_release.push(entry_id),
+                    Ok(Some(token)) => {
+                        out.push(Command::Handle { slot, entry_id: entry_id.clone(), token, event: event.clone() });
+                        self.flight.insert(slot, Flight::Handling { entry_id, token, event });
+                    }
+                    // Someone else holds it now; they will deliver it.
+                    Ok(None) => {}
+                    Err(f) => {
+                        self.counts.errors += 1;
+                        out.push(Command::Warn(format!("retry of {entry_id} failed: {}", f.message)));
+                    }
+                }
+            }
+            Input::DeadLettered { slot, result } => {
+                self.flight.remove(&slot);
+                match result {
+                    Ok(true) => self.counts.dead_lettered += 1,
+                    Ok(false) => self.counts.fenced += 1,
+                    Err(f) => {
+                        self.counts.errors += 1;
+                        out.push(Command::Warn(format!("dead-letter failed: {}", f.message)));
+                    }
+                }
+            }
+            Input::Committed(r) => {
+                self.committing = false;
+                match r {
+                    Ok(outcomes) => {
+                        for o in outcomes {
+                            let c = &mut self.counts;
+                            *match &o {
+                                CommitOutcome::Committed => &mut c.committed,
+                                CommitOutcome::AlreadyApplied => &mut c.duplicates_suppressed,
+                                CommitOutcome::NotOwner => &mut c.fenced,
+                                CommitOutcome::EffectsRefused(_) => &mut c.effects_refused,
+                                CommitOutcome::PartiallyApplied(reason) => {
+                                    out.push(Command::Warn(format!(
+                                        "an entry was PARTIALLY APPLIED and dead-lettered: {reason}"
+                                    )));
+                                    &mut c.partially_applied
+                                }
+                            } += 1;
+                            if o.dead_lettered() {
+                                c.dead_lettered += 1;
+                            }
+                        }
+                    }
+                    // Not committed: the entries stay pending and are reclaimed after
+                    // `claim_idle`; the ledger makes the second attempt safe whatever happened.
+                    Err(f) => {
+                        self.counts.errors += 1;
+                        out.push(Command::Warn(format!("commit failed: {}", f.message)));
+                    }
+                }
+            }
+            Input::Released(r) => {
+                self.releasing = self.releasing.saturating_sub(1);
+                let readahead = self.releasing_readahead.pop_front().unwrap_or(0);
+                match r {
+                    Ok(n) => {
+                        self.counts.released += n;
+                        self.counts.readahead_released += readahead.min(n);
+                    }
+                    Err(f) => {
+                        self.counts.errors += 1;
+                        out.push(Command::Warn(format!("release failed: {}", f.message)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn failed(&mut self, now: i64, what: &str, f: Failure, out: &mut Vec<Command>) {
+        self.counts.errors += 1;
+        if f.no_group {
+            out.push(Command::EnsureGroup);
+        } else {
+            out.push(Command::Warn(format!("{what} failed: {}", f.message)));
+        }
+        self.hold_until = now + ERROR_PAUSE.as_millis() as i64;
+        if f.reconnect || f.no_group || what == "read" {
+            out.push(Command::Reconnect);
+        }
+    }
+
+    fn dead_letter(&mut self, slot: Slot, entry_id: String, token: u64, reason: String, out: &mut Vec<Command>) {
+        out.push(Command::DeadLetter { slot, entry_id, token, reason });
+        self.flight.insert(slot, Flight::DeadLettering);
+    }
+
+    fn handling(&self) -> usize {
+        self.flight.values().filter(|f| !matches!(f, Flight::DeadLettering)).count()
+    }
+
+    /// The batch is over: nothing left to start and nothing in flight.
+    fn batch_over(&self) -> bool {
+        self.queue.is_empty() && self.flight.is_empty()
+    }
+
+    /// What to do now. Call after every [`Machine::on`] and whenever the clock reaches
+    /// [`Machine::next_wake`].
+    pub fn poll(&mut self, now: i64) -> Vec<Command> {
+        let mut out = vec![];
+        if self.done {
+            return out;
+        }
+        // A whole batch handled: its commit, after the one in flight (pipelined: one in flight).
+        if self.batch_over() && !self.finished.is_empty() && self.waiting.is_none() {
+            self.waiting = Some(std::mem::take(&mut self.finished));
+        }
+        if !self.committing {
+            if let Some(items) = self.waiting.take() {
+                self.committing = true;
+                out.push(Command::Commit(items));
+            }
+        }
+        if !self.to_release.is_empty() {
+            self.releasing += 1;
+            self.releasing_readahead.push_back(std::mem::take(&mut self.readahead_to_release));
+            out.push(Command::Release(std::mem::take(&mut self.to_release)));
+        }
+        if self.stopping {
+            if self.holds_nothing() && !self.reading && !self.claiming {
+                self.done = true;
+                out.push(Command::Done);
+            }
+            return out;
+        }
+        // A new batch from what was read, once the previous one is over and its commit is out.
+        if self.batch_over() && self.finished.is_empty() && self.waiting.is_none() && !self.ready.is_empty() {
+            self.queue = std::mem::take(&mut self.ready);
+        }
+        // Start handlers up to the concurrency.
+        while self.handling() < self.s.concurrency.max(1) {
+            let Some(w) = self.queue.pop_front() else { break };
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            match admit(&w.entry.fields, w.token, &self.s.policy, self.s.max_payload) {
+                Admit::DeadLetter(reason) => self.dead_letter(slot, w.entry.id, w.token, reason, &mut out),
+                Admit::Handle(event) => {
+                    out.push(Command::Handle { slot, entry_id: w.entry.id.clone(), token: w.token, event: event.clone() });
+                    self.flight.insert(slot, Flight::Handling { entry_id: w.entry.id, token: w.token, event });
+                }
+            }
+        }
+        // Read ahead: the next read is out while this batch is handled, so its round trip
+        // leaves the per-entry cycle. Nothing more is read while a read-ahead waits unused.
+        if now >= self.hold_until && self.ready.is_empty() && self.waiting.is_none() {
+            if !self.claiming && now - self.last_claim >= self.s.claim_interval.as_millis() as i64 {
+                self.last_claim = now;
+                self.claiming = true;
+                if let Some(every) = self.s.prune_every {
+                    if now - self.last_prune >= every.as_millis() as i64 {
+                        self.last_prune = now;
+                        out.push(Command::Prune);
+                    }
+                }
+                out.push(Command::Claim { cursor: self.cursor.clone(), count: self.s.batch.max(1) });
+            } else if !self.reading && !self.claiming {
+                self.reading = true;
+                out.push(Command::Read { count: self.count });
+            }
+        }
+        out
+    }
+
+    /// When the machine next wants [`Machine::poll`] although no input arrived (a reclaim
+    /// falls due, a pause after an error ends), or `None`.
+    pub fn next_wake(&self, now: i64) -> Option<i64> {
+        if self.stopping || self.done {
+            return None;
+        }
+        let claim = self.last_claim + self.s.claim_interval.as_millis() as i64;
+        [claim, self.hold_until].into_iter().filter(|t| *t > now).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{encode_entry, Via};
+
+    fn settings(batch: usize, concurrency: usize) -> Settings {
+        Settings {
+            batch,
+            concurrency,
+            claim_interval: Duration::from_millis(1000),
+            prune_every: None,
+            policy: RetryPolicy {
+                max_deliveries: 3,
+                backoff_base: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(100),
+            },
+            max_payload: 1 << 20,
+        }
+    }
+
+    fn entry(i: u64) -> RawEntry {
+        let ev = Event {
+            key: format!("k{i}").into_bytes(),
+            deadline_ms: 1000 + i as i64,
+            event_id: crate::core::event_id(format!("k{i}").as_bytes(), 1000 + i as i64),
+            via: Via::Sweeper,
+            captured_ms: 2000,
+            payload: vec![],
+        };
+        RawEntry { id: format!("{i}-0"), fields: encode_entry(&ev) }
+    }
+
+    fn reads(cmds: &[Command]) -> Vec<usize> {
+        cmds.iter().filter_map(|c| if let Command::Read { count } = c { Some(*count) } else { None }).collect()
+    }
+
+    fn handles(cmds: &[Command]) -> Vec<Slot> {
+        cmds.iter().filter_map(|c| if let Command::Handle { slot, .. } = c { Some(*slot) } else { None }).collect()
+    }
+
+    fn ok(m: &mut Machine, slot: Slot) -> Vec<Command> {
+        let mut v = m.on(0, Input::Handled { slot, result: Ok(vec![]), unit: 0.5 });
+        v.extend(m.poll(0));
+        v
+    }
+
+    #[test]
+    fn reads_start_at_one_and_double_while_full_then_halve() {
+        let mut m = Machine::new(settings(8, 1), 0);
+        assert_eq!(reads(&m.poll(0)), vec![1]);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        let c = m.poll(0);
+        // The entry is handled and the next read (read-ahead) is out at once, twice as large.
+        assert_eq!(handles(&c).len(), 1);
+        assert_eq!(reads(&c), vec![2]);
+        assert_eq!(m.counts().adaptive_growths, 1);
+        m.on(0, Input::Read(Ok(vec![entry(2)])));
+        assert_eq!(m.read_size(), 1, "a read that is not full halves the size");
+    }
+
+    #[test]
+    fn a_batch_is_committed_once_whole_and_the_next_is_handled_while_it_commits() {
+        let mut m = Machine::new(settings(4, 2), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2), entry(3)])));
+        let c = m.poll(0);
+        let slots = handles(&c);
+        assert_eq!(slots.len(), 2, "two at once (concurrency 2)");
+        let c = ok(&mut m, slots[0]);
+        let third = handles(&c);
+        assert_eq!(third.len(), 1, "the third starts when one finishes");
+        assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))), "no commit before the batch is over");
+        ok(&mut m, slots[1]);
+        let c = ok(&mut m, third[0]);
+        let commit: Vec<_> = c.iter().filter(|c| matches!(c, Command::Commit(v) if v.len() == 3)).collect();
+        assert_eq!(commit.len(), 1);
+        // The read-ahead came back: the next batch is handled while the commit is in flight.
+        m.on(0, Input::Read(Ok(vec![entry(4)])));
+        let c = m.poll(0);
+        let h = handles(&c);
+        assert_eq!(h.len(), 1);
+        let c = ok(&mut m, h[0]);
+        assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))), "one commit in flight at a time");
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 3])));
+        let c = m.poll(0);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1)));
+        assert_eq!(m.counts().committed, 3);
+    }
+
+    #[test]
+    fn stop_releases_what_never_started_and_commits_what_finished() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
+        let c = m.poll(0);
+        let h = handles(&c);
+        assert_eq!(h.len(), 1);
+        // The read-ahead returns one entry, then stop arrives.
+        m.on(0, Input::Read(Ok(vec![entry(3)])));
+        m.on(0, Input::Stop);
+        let c = m.poll(0);
+        let released: Vec<_> = c.iter().filter_map(|c| if let Command::Release(v) = c { Some(v.clone()) } else { None }).collect();
+        assert_eq!(released, vec![vec!["3-0".to_string(), "2-0".to_string()]]);
+        assert!(reads(&c).is_empty(), "nothing more is read after stop");
+        assert!(!c.contains(&Command::Done), "a handler still runs");
+        let c = ok(&mut m, h[0]);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1)));
+        m.on(0, Input::Released(Ok(2)));
+        assert!(!m.poll(0).contains(&Command::Done), "the commit is still out");
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
+        assert_eq!(m.poll(0), vec![Command::Done]);
+        assert_eq!((m.counts().released, m.counts().readahead_released), (2, 1));
+    }
+
+    #[test]
+    fn a_read_out_at_stop_is_released_when_it_answers() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        assert_eq!(reads(&m.poll(0)), vec![1]);
+        m.on(0, Input::Stop);
+        assert!(m.poll(0).is_empty(), "the read is still out");
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        assert_eq!(m.poll(0), vec![Command::Release(vec!["1-0".into()])]);
+        m.on(0, Input::Released(Ok(1)));
+        assert_eq!(m.poll(0), vec![Command::Done]);
+        assert_eq!(m.counts().readahead_released, 1);
+    }
+
+    #[test]
+    fn transient_failures_retry_with_a_new_token_then_dead_letter() {
+        let mut m = Machine::new(settings(1, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        let slot = handles(&m.poll(0))[0];
+        let c = m.on(0, Input::Handled { slot, result: Err(HandlerError::Transient("x".into())), unit: 0.0 });
+        assert!(matches!(&c[..], [Command::Retry { token: 1, .. }]));
+        let c = m.on(0, Input::Retried { slot, result: Ok(Some(2)) });
+        assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, .. })));
+        let c = m.on(0, Input::Handled { slot, result: Err(HandlerError::Permanent("no".into())), unit: 0.0 });
+        assert!(matches!(&c[..], [Command::DeadLetter { token: 2, .. }]));
+        m.on(0, Input::DeadLettered { slot, result: Ok(true) });
+        assert_eq!((m.counts().retries, m.counts().dead_lettered), (1, 1));
+        assert!(m.holds_nothing());
+    }
+
+    #[test]
+    fn malformed_and_over_delivered_entries_are_dead_lettered_without_a_handler() {
+        let mut m = Machine::new(settings(4, 4), 0);
+        m.poll(0);
+        let bad = RawEntry { id: "9-0".into(), fields: vec![(b"foo".to_vec(), b"bar".to_vec())] };
+        m.on(0, Input::Claimed(Ok(Claim { next: "0-0".into(), entries: vec![Work { entry: bad, token: 1 }, Work { entry: entry(1), token: 4 }], deleted: vec![] })));
+        let c = m.poll(0);
+        assert_eq!(handles(&c).len(), 0);
+        let reasons: Vec<_> = c.iter().filter_map(|c| if let Command::DeadLetter { reason, .. } = c { Some(reason.as_str()) } else { None }).collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].starts_with("malformed entry"));
+        assert!(reasons[1].contains("delivered 4 times"));
+    }
+
+    #[test]
+    fn reclaims_fall_due_every_interval_and_a_failure_pauses_reads() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        assert_eq!(m.poll(0), vec![Command::Read { count: 1 }]);
+        assert_eq!(m.next_wake(0), Some(1000));
+        m.on(500, Input::Read(Ok(vec![])));
+        m.poll(500);
+        m.on(999, Input::Read(Ok(vec![])));
+        let c = m.poll(1000);
+        assert_eq!(c, vec![Command::Claim { cursor: "0-0".into(), count: 4 }]);
+        let c = m.on(1001, Input::Claimed(Err(Failure { message: "boom".into(), no_group: false, reconnect: true })));
+        assert!(c.contains(&Command::Reconnect));
+        assert!(m.poll(1050).is_empty(), "held after a failure");
+        assert_eq!(m.next_wake(1050), Some(1101));
+        assert_eq!(m.poll(1101), vec![Command::Read { count: 1 }]);
+        assert_eq!(m.counts().errors, 1);
+    }
+}
