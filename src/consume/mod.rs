@@ -251,7 +251,11 @@ pub async fn run_consumer(
                         let rx = committer.submit(&n, items);
                         let result = rx.await.unwrap_or_else(|_| Err("committer stopped".into()));
                         crate::fault::point("consume::after_commit").await;
-                        Input::Committed(result.map_err(|message| Failure { message, no_group: false, reconnect: false }))
+                        Input::Committed(result.map_err(|message| Failure {
+                            message,
+                            no_group: false,
+                            reconnect: false,
+                        }))
                     }));
                 }
                 Command::Release(ids) => {
@@ -405,4 +409,3 @@ impl Committer {
         rx
     }
 }
-

@@ -75,11 +75,21 @@ pub enum Input {
     Read(Result<Vec<RawEntry>, Failure>),
     Claimed(Result<Claim, Failure>),
     /// A handler finished; `unit` is a uniform draw from [0, 1) for the backoff jitter.
-    Handled { slot: Slot, result: Result<Vec<Effect>, HandlerError>, unit: f64 },
+    Handled {
+        slot: Slot,
+        result: Result<Vec<Effect>, HandlerError>,
+        unit: f64,
+    },
     /// The retry call after the backoff: the new token, or `None` when the entry is no longer ours.
-    Retried { slot: Slot, result: Result<Option<u64>, Failure> },
+    Retried {
+        slot: Slot,
+        result: Result<Option<u64>, Failure>,
+    },
     /// `true`: dead-lettered; `false`: the fence refused.
-    DeadLettered { slot: Slot, result: Result<bool, Failure> },
+    DeadLettered {
+        slot: Slot,
+        result: Result<bool, Failure>,
+    },
     Committed(Result<Vec<CommitOutcome>, Failure>),
     Released(Result<u64, Failure>),
     /// Finish what runs, release the rest, then [`Command::Done`].
@@ -473,7 +483,12 @@ impl Machine {
             match admit(&w.entry.fields, w.token, &self.s.policy, self.s.max_payload) {
                 Admit::DeadLetter(reason) => self.dead_letter(slot, w.entry.id, w.token, reason, &mut out),
                 Admit::Handle(event) => {
-                    out.push(Command::Handle { slot, entry_id: w.entry.id.clone(), token: w.token, event: event.clone() });
+                    out.push(Command::Handle {
+                        slot,
+                        entry_id: w.entry.id.clone(),
+                        token: w.token,
+                        event: event.clone(),
+                    });
                     self.flight.insert(slot, Flight::Handling { entry_id: w.entry.id, token: w.token, event });
                 }
             }
@@ -611,7 +626,8 @@ mod tests {
         m.on(0, Input::Read(Ok(vec![entry(3)])));
         m.on(0, Input::Stop);
         let c = m.poll(0);
-        let released: Vec<_> = c.iter().filter_map(|c| if let Command::Release(v) = c { Some(v.clone()) } else { None }).collect();
+        let released: Vec<_> =
+            c.iter().filter_map(|c| if let Command::Release(v) = c { Some(v.clone()) } else { None }).collect();
         assert_eq!(released, vec![vec!["3-0".to_string(), "2-0".to_string()]]);
         assert!(reads(&c).is_empty(), "nothing more is read after stop");
         assert!(!c.contains(&Command::Done), "a handler still runs");
@@ -659,10 +675,20 @@ mod tests {
         let mut m = Machine::new(settings(4, 4), 0);
         m.poll(0);
         let bad = RawEntry { id: "9-0".into(), fields: vec![(b"foo".to_vec(), b"bar".to_vec())] };
-        m.on(0, Input::Claimed(Ok(Claim { next: "0-0".into(), entries: vec![Work { entry: bad, token: 1 }, Work { entry: entry(1), token: 4 }], deleted: vec![] })));
+        m.on(
+            0,
+            Input::Claimed(Ok(Claim {
+                next: "0-0".into(),
+                entries: vec![Work { entry: bad, token: 1 }, Work { entry: entry(1), token: 4 }],
+                deleted: vec![],
+            })),
+        );
         let c = m.poll(0);
         assert_eq!(handles(&c).len(), 0);
-        let reasons: Vec<_> = c.iter().filter_map(|c| if let Command::DeadLetter { reason, .. } = c { Some(reason.as_str()) } else { None }).collect();
+        let reasons: Vec<_> = c
+            .iter()
+            .filter_map(|c| if let Command::DeadLetter { reason, .. } = c { Some(reason.as_str()) } else { None })
+            .collect();
         assert_eq!(reasons.len(), 2);
         assert!(reasons[0].starts_with("malformed entry"));
         assert!(reasons[1].contains("delivered 4 times"));

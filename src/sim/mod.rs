@@ -210,6 +210,10 @@ pub struct SweepSummary {
     pub lost_by_restart: u64,
     pub dead_lettered: u64,
     pub created: u64,
+    /// Summed over the seeds: what the consumers' state machine did that only it does.
+    pub mixed_group_commits: u64,
+    pub readahead_released: u64,
+    pub adaptive_growths: u64,
     /// (seed, failure) of the first failures, in seed order.
     pub first_failures: Vec<(u64, String)>,
 }
@@ -251,6 +255,8 @@ pub fn run_sweep(from: u64, count: u64, jobs: usize, safety: Safety) -> SweepSum
             ("restart", c.restarts),
             ("handler_error", c.handler_transient + c.handler_permanent),
             ("fenced_commit", c.not_owner),
+            ("mixed_group_commit", c.mixed_group_commits),
+            ("readahead_released", c.readahead_released),
             ("ledger_suppressed", c.already_applied),
         ] {
             *sum.seeds_with.entry(name).or_insert(0) += u64::from(n > 0);
@@ -259,6 +265,9 @@ pub fn run_sweep(from: u64, count: u64, jobs: usize, safety: Safety) -> SweepSum
         sum.lost_by_restart += r.verdict.lost_by_restart;
         sum.dead_lettered += r.verdict.dead_lettered;
         sum.created += r.verdict.created;
+        sum.mixed_group_commits += c.mixed_group_commits;
+        sum.readahead_released += c.readahead_released;
+        sum.adaptive_growths += c.adaptive_growths;
         let failure = if !det {
             Some("not deterministic: two runs, two event-log hashes".to_string())
         } else {
@@ -299,6 +308,10 @@ fn sweep(from: u64, count: u64, jobs: Option<usize>, expect_failure: bool, show:
     println!(
         "events created {}, dead-lettered {}, lost by restart (everysec persistence, not the protocol) {}, duplicate effects {}",
         sum.created, sum.dead_lettered, sum.lost_by_restart, sum.duplicate_effects
+    );
+    println!(
+        "consumer machine: mixed_group_commits={} readahead_released={} adaptive_growths={}",
+        sum.mixed_group_commits, sum.readahead_released, sum.adaptive_growths
     );
     let with: Vec<String> = sum.seeds_with.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("seeds exercising: {}", with.join(", "));

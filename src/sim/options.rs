@@ -71,6 +71,8 @@ pub struct Options {
     pub active_expiry_lag_ms: Option<u64>,
     pub consumers: u64,
     pub batch: u64,
+    /// Handlers running at once within one consumer.
+    pub concurrency: u64,
     pub poll_ms: u64,
     pub work_ms: (u64, u64),
     pub claim_idle_ms: u64,
@@ -146,6 +148,8 @@ impl Options {
             ledger_bucket_ms,
             ledger_retention_ms,
             faults: f,
+            // Drawn last, so every earlier option of a seed is what it was before it existed.
+            concurrency: r.range(1, 3),
         }
     }
 

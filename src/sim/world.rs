@@ -1,22 +1,26 @@
 //! One simulated run: the whole pipeline over the model, as actors woken by a virtual clock.
 //! Each actor step makes at most one store call (one atomic script), so every interleaving
-//! the scheduler produces is one real Redis could produce. Actors mirror the real code:
-//! consumers follow `consume::run_consumer`/`process` (read or reclaim, admit, handle, retry
-//! with backoff, dead-letter, one commit per batch, release on graceful stop) and sweepers
-//! follow `capture::run_sweeper` (wake at the next deadline, clamped).
+//! the scheduler produces is one real Redis could produce. Consumers are the production
+//! state machine ([`crate::core::consumer::Machine`], the one `consume` drives with tokio):
+//! each command it gives becomes an operation that completes in virtual time (a read, a
+//! reclaim, a handler run, a retry after its backoff, a dead letter, a release), and commits
+//! go to one group committer that sends whatever several consumers have gathered as one
+//! `commit_many`, as `consume::Committer` does. Sweepers follow `capture::run_sweeper` (wake
+//! at the next deadline, clamped).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::checker::Checker;
 use super::options::{Options, Persistence};
 use super::rng::{Fnv, Rng};
-use crate::core::{admit, after_handler, encode_entry, Admit, CommitOutcome, Effect, Event, HandlerError, Next, Via};
+use crate::core::consumer::{self as machine, Command, Failure, Handled, Input, Machine};
+use crate::core::{encode_entry, CommitOutcome, Effect, HandlerError, Via};
 use crate::store::model::Model;
 use crate::store::ModelStore;
-use crate::store::{CommitItem, LedgerConfig, RawEntry, Safety};
+use crate::store::{CommitItem, LedgerConfig, Safety};
 
 /// Virtual start time (Unix ms): fixed, so a seed replays exactly.
 pub const EPOCH_MS: i64 = 1_700_000_000_000;
@@ -33,7 +37,11 @@ enum Actor {
     Persist,
     Listener(usize),
     Sweeper(usize),
+    /// A consumer's wake-up: its machine's timer, or its restart after a crash or a stop.
     Consumer(usize),
+    /// An operation a consumer's machine asked for, completing.
+    Op(u64),
+    Committer,
 }
 
 /// What happened, counted by the simulator (faults injected, protocol replies seen).
@@ -66,40 +74,60 @@ pub struct Counts {
     pub retries: u64,
     pub reclaimed: u64,
     pub released: u64,
-}
-
-struct Work {
-    entry: RawEntry,
-    token: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CState {
-    Dead,
-    Idle,
-    Next,
-    Handled,
-    Retrying,
-    Commit,
+    /// Group commits whose one script call carried entries of more than one consumer.
+    pub mixed_group_commits: u64,
+    /// Read-ahead entries handed back at a graceful stop (the machines' count, from replies).
+    pub readahead_released: u64,
+    /// Reads that doubled because the previous one came back full (the machines' count).
+    pub adaptive_growths: u64,
 }
 
 struct Consumer {
     incarnation: u32,
     name: String,
-    state: CState,
-    queue: VecDeque<Work>,
-    current: Option<(Work, Event)>,
-    finished: Vec<(Work, Event, Vec<Effect>)>,
-    cursor: String,
-    last_claim: i64,
-    stop: bool,
-    resumed: bool,
+    /// None while dead (crashed, or stopped and not restarted yet).
+    machine: Option<Machine>,
+    /// What the machine had counted when last looked at (its counts are cumulative).
+    seen: machine::Counts,
+    paused_until: i64,
 }
 
-impl Consumer {
-    fn holds_nothing(&self) -> bool {
-        self.queue.is_empty() && self.current.is_none() && self.finished.is_empty()
-    }
+/// An operation in flight: a machine's command on its way to its reply.
+enum OpKind {
+    Read {
+        count: usize,
+    },
+    Claim {
+        cursor: String,
+        count: usize,
+    },
+    Handle {
+        slot: machine::Slot,
+        entry_id: String,
+        event: crate::core::Event,
+    },
+    Retry {
+        slot: machine::Slot,
+        entry_id: String,
+        token: u64,
+    },
+    DeadLetter {
+        slot: machine::Slot,
+        entry_id: String,
+        token: u64,
+        reason: String,
+    },
+    Release(Vec<String>),
+    /// On its way to the committer (after a delayed-commit fault, if any).
+    Commit(Vec<Handled>),
+    /// A blocking read that found nothing, answering when its block time ends.
+    TimedOut,
+}
+
+struct Op {
+    consumer: usize,
+    incarnation: u32,
+    kind: OpKind,
 }
 
 struct Listener {
@@ -145,6 +173,10 @@ pub struct World {
     listeners: Vec<Listener>,
     sweepers: Vec<bool>,
     consumers: Vec<Consumer>,
+    ops: BTreeMap<u64, Op>,
+    next_op: u64,
+    /// Commits handed to the group committer, in arrival order: (consumer, incarnation, items).
+    committing: Vec<(usize, u32, Vec<Handled>)>,
     redis_down_until: Option<i64>,
     snapshot: (i64, Model),
     phase: Phase,
@@ -166,14 +198,9 @@ impl World {
             .map(|i| Consumer {
                 incarnation: 0,
                 name: format!("c{i}.0"),
-                state: CState::Idle,
-                queue: VecDeque::new(),
-                current: None,
-                finished: vec![],
-                cursor: "0-0".into(),
-                last_claim: EPOCH_MS,
-                stop: false,
-                resumed: false,
+                machine: None,
+                seen: Default::default(),
+                paused_until: EPOCH_MS,
             })
             .collect();
         let mut w = World {
@@ -188,6 +215,9 @@ impl World {
             listeners: (0..opts.listeners).map(|_| Listener { up: true, queue: vec![], scheduled: false }).collect(),
             sweepers: vec![true; opts.sweepers as usize],
             consumers,
+            ops: BTreeMap::new(),
+            next_op: 0,
+            committing: vec![],
             redis_down_until: None,
             phase: Phase::Faults,
             faults_end: None,
@@ -209,7 +239,7 @@ impl World {
             w.schedule(Actor::Sweeper(i), 0);
         }
         for i in 0..w.consumers.len() {
-            w.schedule(Actor::Consumer(i), 0);
+            w.start_consumer(i);
         }
         w
     }
@@ -332,7 +362,10 @@ impl World {
         if self.producer.done_at.is_none() || !self.up() {
             return false;
         }
-        if !self.consumers.iter().all(|c| c.state == CState::Idle && c.holds_nothing()) {
+        if !self.consumers.iter().all(|c| c.machine.as_ref().is_some_and(|m| !m.is_stopping() && m.holds_nothing())) {
+            return false;
+        }
+        if !self.committing.is_empty() {
             return false;
         }
         self.store.backlog().is_empty()
@@ -384,6 +417,8 @@ impl World {
             Actor::Listener(i) => self.listener_step(i),
             Actor::Sweeper(i) => self.sweeper_step(i),
             Actor::Consumer(i) => self.consumer_step(i),
+            Actor::Op(id) => self.op_step(id),
+            Actor::Committer => self.committer_step(),
         }
     }
 
@@ -533,11 +568,12 @@ impl World {
         }
         if self.pm(f.graceful_stop) && !self.consumers.is_empty() {
             let i = self.rng.below(self.consumers.len() as u64) as usize;
-            if !self.consumers[i].stop && self.consumers[i].state != CState::Dead {
-                self.consumers[i].stop = true;
+            if self.consumers[i].machine.as_ref().is_some_and(|m| !m.is_stopping()) {
                 self.counts.graceful_stops += 1;
                 let name = self.consumers[i].name.clone();
                 self.log(format_args!("fault stop {name}"));
+                let inc = self.consumers[i].incarnation;
+                self.deliver(i, inc, Input::Stop);
             }
         }
         if self.pm(f.listener_down) && !self.listeners.is_empty() {
@@ -610,283 +646,327 @@ impl World {
         self.wake_sweepers();
     }
 
-    fn poll(&mut self, i: usize) {
-        let p = self.opts.poll_ms as i64;
-        self.schedule(Actor::Consumer(i), p);
+    fn settings(&self) -> machine::Settings {
+        machine::Settings {
+            batch: self.opts.batch as usize,
+            concurrency: self.opts.concurrency as usize,
+            claim_interval: Duration::from_millis(self.opts.claim_interval_ms),
+            prune_every: None,
+            policy: crate::core::RetryPolicy {
+                max_deliveries: self.opts.max_deliveries,
+                backoff_base: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(500),
+            },
+            max_payload: MAX_PAYLOAD,
+        }
     }
 
-    fn reincarnate(&mut self, i: usize) {
+    /// A new incarnation of consumer `i`: a new name (the fence compares owner names) and a
+    /// fresh machine, which asks for its first read at once.
+    fn start_consumer(&mut self, i: usize) {
+        let m = Machine::new(self.settings(), self.now);
         let c = &mut self.consumers[i];
         c.incarnation += 1;
-        // A new name per incarnation: the fence compares owner names.
         c.name = format!("c{i}.{}", c.incarnation);
-        c.state = CState::Idle;
-        c.queue.clear();
-        c.current = None;
-        c.finished.clear();
-        c.cursor = "0-0".into();
-        c.stop = false;
-        c.resumed = false;
-        c.last_claim = self.now;
+        c.machine = Some(m);
+        c.seen = Default::default();
+        let (name, inc) = (c.name.clone(), c.incarnation);
+        self.log(format_args!("{name} starts"));
+        self.react(i, inc, vec![]);
     }
 
+    /// Wake-up of consumer `i`: a restart if it is dead, otherwise its machine's timer.
     fn consumer_step(&mut self, i: usize) {
-        let f = self.opts.faults.clone();
-        if self.consumers[i].state == CState::Dead {
-            self.reincarnate(i);
-            let name = self.consumers[i].name.clone();
-            self.log(format_args!("{name} starts"));
-            self.schedule(Actor::Consumer(i), 0);
+        if self.consumers[i].machine.is_none() {
+            self.start_consumer(i);
             return;
         }
-        if !self.consumers[i].resumed {
-            if self.pm(f.crash) {
-                let c = &mut self.consumers[i];
-                c.state = CState::Dead;
-                let held = c.queue.len() + c.finished.len() + c.current.is_some() as usize;
-                let name = c.name.clone();
-                self.counts.crashes += 1;
-                self.log(format_args!("fault crash {name} holding {held}"));
-                let d = self.rng.range(10, 500) as i64;
-                self.schedule(Actor::Consumer(i), d);
-                return;
-            }
-            if self.pm(f.pause) {
-                self.consumers[i].resumed = true;
-                let d = self.rng.range(f.pause_ms.0, f.pause_ms.1) as i64;
-                self.counts.pauses += 1;
-                let name = self.consumers[i].name.clone();
-                self.log(format_args!("fault pause {name} {d}"));
-                self.schedule(Actor::Consumer(i), d);
-                return;
-            }
-        }
-        self.consumers[i].resumed = false;
-        match self.consumers[i].state {
-            CState::Dead => unreachable!("handled above"),
-            CState::Idle => self.consumer_fetch(i),
-            CState::Next => self.consumer_next(i),
-            CState::Handled => self.consumer_handled(i),
-            CState::Retrying => self.consumer_retry(i),
-            CState::Commit => self.consumer_commit(i),
-        }
+        let inc = self.consumers[i].incarnation;
+        self.react(i, inc, vec![]);
     }
 
-    fn consumer_fetch(&mut self, i: usize) {
-        if self.consumers[i].stop {
-            self.reincarnate(i);
-            self.schedule(Actor::Consumer(i), 0);
-            return;
-        }
-        if !self.up() {
-            self.counts.store_errors += 1;
-            self.schedule(Actor::Consumer(i), 100);
-            return;
-        }
-        let (batch, name) = (self.opts.batch as usize, self.consumers[i].name.clone());
-        let claim = self.now - self.consumers[i].last_claim >= self.opts.claim_interval_ms as i64;
-        let work: Vec<Work> = if claim {
-            self.consumers[i].last_claim = self.now;
-            let cursor = self.consumers[i].cursor.clone();
-            let idle = Duration::from_millis(self.opts.claim_idle_ms);
-            let (next, got) = self.store.autoclaim(&name, idle, &cursor, batch).expect("model autoclaim");
-            self.consumers[i].cursor = next;
-            self.counts.reclaimed += got.len() as u64;
-            if !got.is_empty() {
-                let ids: Vec<String> = got.iter().map(|(e, t)| format!("{}#{t}", e.id)).collect();
-                self.log(format_args!("{name} reclaimed {}", ids.join(",")));
-            }
-            got.into_iter().map(|(entry, token)| Work { entry, token }).collect()
-        } else {
-            let got = self.store.read_new(&name, batch).expect("model read");
-            if !got.is_empty() {
-                let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
-                self.log(format_args!("{name} read {}", ids.join(",")));
-            }
-            got.into_iter().map(|entry| Work { entry, token: 1 }).collect()
-        };
-        if work.is_empty() {
-            if claim {
-                // As `run_consumer`: an empty reclaim goes straight on to a (blocking) read.
-                self.schedule(Actor::Consumer(i), 0);
-            } else {
-                // An empty blocking read: returns when entries arrive or `block` ends.
-                self.poll(i);
-            }
-            return;
-        }
+    /// Feeds an input to consumer `i`'s machine (if it is still that incarnation).
+    fn deliver(&mut self, i: usize, incarnation: u32, input: Input) {
+        let now = self.now;
         let c = &mut self.consumers[i];
-        c.queue = work.into();
-        c.state = CState::Next;
-        self.schedule(Actor::Consumer(i), 0);
-    }
-
-    fn policy(&self) -> crate::core::RetryPolicy {
-        crate::core::RetryPolicy {
-            max_deliveries: self.opts.max_deliveries,
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(500),
-        }
-    }
-
-    fn dead_letter(&mut self, i: usize, w: &Work, reason: &str) {
-        let name = self.consumers[i].name.clone();
-        if !self.up() {
-            self.counts.store_errors += 1;
+        if c.incarnation != incarnation {
             return;
         }
-        self.counts.dead_letter_calls += 1;
-        let ok = self.store.dead_letter(&name, &w.entry.id, w.token, reason);
-        self.log(format_args!("{name} dead-letter {}#{} {ok}: {reason}", w.entry.id, w.token));
+        let Some(m) = c.machine.as_mut() else { return };
+        let cmds = m.on(now, input);
+        self.react(i, incarnation, cmds);
     }
 
-    fn consumer_next(&mut self, i: usize) {
-        if self.consumers[i].stop {
-            // Not started: hand back at once rather than make others wait `claim_idle`.
-            let ids: Vec<String> = self.consumers[i].queue.drain(..).map(|w| w.entry.id).collect();
-            if !ids.is_empty() && self.up() {
-                let name = self.consumers[i].name.clone();
+    /// Polls consumer `i`'s machine and carries out its commands (with `first`, from `on`).
+    fn react(&mut self, i: usize, incarnation: u32, first: Vec<Command>) {
+        let now = self.now;
+        let Some(m) = self.consumers[i].machine.as_mut() else { return };
+        let mut cmds = first;
+        cmds.extend(m.poll(now));
+        let wake = m.next_wake(now);
+        let counts = m.counts().clone();
+        let seen = std::mem::replace(&mut self.consumers[i].seen, counts.clone());
+        self.counts.readahead_released += counts.readahead_released - seen.readahead_released;
+        self.counts.adaptive_growths += counts.adaptive_growths - seen.adaptive_growths;
+        let name = self.consumers[i].name.clone();
+        for c in cmds {
+            let (kind, after) = match c {
+                Command::Read { count } => (OpKind::Read { count }, 0),
+                Command::Claim { cursor, count } => (OpKind::Claim { cursor, count }, 0),
+                Command::Handle { slot, entry_id, event, .. } => {
+                    let t = self.rng.range(self.opts.work_ms.0, self.opts.work_ms.1) as i64;
+                    (OpKind::Handle { slot, entry_id, event }, t)
+                }
+                Command::Retry { slot, entry_id, token, after } => {
+                    (OpKind::Retry { slot, entry_id, token }, after.as_millis() as i64)
+                }
+                Command::DeadLetter { slot, entry_id, token, reason } => {
+                    (OpKind::DeadLetter { slot, entry_id, token, reason }, 0)
+                }
+                Command::Release(ids) => (OpKind::Release(ids), 0),
+                Command::Commit(items) => {
+                    let d = if self.pm(self.opts.faults.delayed_commit) {
+                        let d = self.rng.range(self.opts.faults.delay_ms.0, self.opts.faults.delay_ms.1) as i64;
+                        self.counts.delayed_commits += 1;
+                        self.log(format_args!("fault delay-commit {name} {d}"));
+                        d
+                    } else {
+                        0
+                    };
+                    (OpKind::Commit(items), d)
+                }
+                // The model has no connections to lose and keeps its group.
+                Command::Prune | Command::Reconnect | Command::EnsureGroup => continue,
+                Command::Warn(w) => {
+                    self.log(format_args!("{name} warns: {w}"));
+                    continue;
+                }
+                Command::Done => {
+                    // A graceful stop ended: the process restarts it, with a new name.
+                    self.log(format_args!("{name} stopped"));
+                    self.consumers[i].machine = None;
+                    self.schedule(Actor::Consumer(i), 0);
+                    return;
+                }
+            };
+            let id = self.next_op;
+            self.next_op += 1;
+            self.ops.insert(id, Op { consumer: i, incarnation, kind });
+            self.schedule(Actor::Op(id), after);
+        }
+        if let Some(t) = wake {
+            self.schedule(Actor::Consumer(i), t - now);
+        }
+    }
+
+    fn store_down(&mut self) -> Failure {
+        self.counts.store_errors += 1;
+        Failure { message: "redis down".into(), no_group: false, reconnect: true }
+    }
+
+    /// An operation completes: its store call (one atomic script or command) happens now.
+    fn op_step(&mut self, id: u64) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        self.gens.remove(&Actor::Op(id));
+        let i = op.consumer;
+        let c = &self.consumers[i];
+        if c.incarnation != op.incarnation || c.machine.is_none() {
+            return; // its consumer crashed: the call is never made
+        }
+        let name = c.name.clone();
+        // A paused consumer does nothing until it resumes.
+        if c.paused_until > self.now {
+            let d = c.paused_until - self.now;
+            self.ops.insert(id, op);
+            self.schedule(Actor::Op(id), d);
+            return;
+        }
+        let f = self.opts.faults.clone();
+        if self.pm(f.crash) {
+            let held = self.consumers[i].machine.as_ref().map_or(0, Machine::held);
+            self.consumers[i].machine = None;
+            self.counts.crashes += 1;
+            self.log(format_args!("fault crash {name} holding {held}"));
+            let d = self.rng.range(10, 500) as i64;
+            self.schedule(Actor::Consumer(i), d);
+            return;
+        }
+        if self.pm(f.pause) {
+            let d = self.rng.range(f.pause_ms.0, f.pause_ms.1) as i64;
+            self.consumers[i].paused_until = self.now + d;
+            self.counts.pauses += 1;
+            self.log(format_args!("fault pause {name} {d}"));
+            self.ops.insert(id, op);
+            self.schedule(Actor::Op(id), d);
+            return;
+        }
+        let input = match op.kind {
+            OpKind::TimedOut => Input::Read(Ok(vec![])),
+            OpKind::Read { .. }
+            | OpKind::Claim { .. }
+            | OpKind::Retry { .. }
+            | OpKind::DeadLetter { .. }
+            | OpKind::Release(_)
+                if !self.up() =>
+            {
+                let failure = self.store_down();
+                match op.kind {
+                    OpKind::Read { .. } => Input::Read(Err(failure)),
+                    OpKind::Claim { .. } => Input::Claimed(Err(failure)),
+                    OpKind::Retry { slot, .. } => Input::Retried { slot, result: Err(failure) },
+                    OpKind::DeadLetter { slot, .. } => Input::DeadLettered { slot, result: Err(failure) },
+                    _ => Input::Released(Err(failure)),
+                }
+            }
+            OpKind::Read { count } => {
+                let got = self.store.read_new(&name, count).expect("model read");
+                if got.is_empty() {
+                    // An empty blocking read: it answers, empty, when `block` ends (here, a
+                    // poll period later; what arrives meanwhile waits for the next read).
+                    let p = self.opts.poll_ms as i64;
+                    self.ops.insert(id, Op { consumer: i, incarnation: op.incarnation, kind: OpKind::TimedOut });
+                    self.schedule(Actor::Op(id), p);
+                    return;
+                } else {
+                    let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+                    self.log(format_args!("{name} read {}", ids.join(",")));
+                    Input::Read(Ok(got))
+                }
+            }
+            OpKind::Claim { cursor, count } => {
+                let idle = Duration::from_millis(self.opts.claim_idle_ms);
+                let (next, got) = self.store.autoclaim(&name, idle, &cursor, count).expect("model autoclaim");
+                self.counts.reclaimed += got.len() as u64;
+                if !got.is_empty() {
+                    let ids: Vec<String> = got.iter().map(|(e, t)| format!("{}#{t}", e.id)).collect();
+                    self.log(format_args!("{name} reclaimed {}", ids.join(",")));
+                }
+                let entries = got.into_iter().map(|(entry, token)| machine::Work { entry, token }).collect();
+                Input::Claimed(Ok(machine::Claim { next, entries, deleted: vec![] }))
+            }
+            OpKind::Handle { slot, entry_id, event, .. } => {
+                // The witness outside the commit path: every run, before the handler decides.
+                self.checker.handler_run(&event.event_id, &entry_id);
+                let result = if self.pm(f.handler_permanent) {
+                    self.counts.handler_permanent += 1;
+                    Err(HandlerError::Permanent("refused".into()))
+                } else if self.pm(f.handler_transient) {
+                    self.counts.handler_transient += 1;
+                    Err(HandlerError::Transient("backend down".into()))
+                } else {
+                    let rec = format!("{}|{name}|{entry_id}", event.event_id);
+                    Ok(vec![Effect::new("RPUSH", [self.store.keys.effects.as_bytes(), rec.as_bytes()])])
+                };
+                Input::Handled { slot, result, unit: self.rng.unit() }
+            }
+            OpKind::Retry { slot, entry_id, token } => {
+                self.counts.retries += 1;
+                let r = self.store.retry(&name, &entry_id, token);
+                match r {
+                    Some(t) => self.log(format_args!("{name} retry {entry_id} -> #{t}")),
+                    None => self.log(format_args!("{name} retry {entry_id} lost it")),
+                }
+                Input::Retried { slot, result: Ok(r) }
+            }
+            OpKind::DeadLetter { slot, entry_id, token, reason } => {
+                self.counts.dead_letter_calls += 1;
+                let ok = self.store.dead_letter(&name, &entry_id, token, &reason);
+                self.log(format_args!("{name} dead-letter {entry_id}#{token} {ok}: {reason}"));
+                Input::DeadLettered { slot, result: Ok(ok) }
+            }
+            OpKind::Release(ids) => {
                 let idle = Duration::from_millis(self.opts.claim_idle_ms * 10);
                 let n = self.store.release(&name, &ids, idle);
                 self.counts.released += n;
                 self.log(format_args!("{name} released {n} of {}", ids.len()));
+                Input::Released(Ok(n))
             }
-            self.consumers[i].state = CState::Commit;
-            self.schedule(Actor::Consumer(i), 0);
-            return;
-        }
-        let Some(w) = self.consumers[i].queue.pop_front() else {
-            self.consumers[i].state = CState::Commit;
-            if !self.consumers[i].finished.is_empty() && self.pm(self.opts.faults.delayed_commit) {
-                let d = self.rng.range(self.opts.faults.delay_ms.0, self.opts.faults.delay_ms.1) as i64;
-                self.counts.delayed_commits += 1;
-                let name = self.consumers[i].name.clone();
-                self.log(format_args!("fault delay-commit {name} {d}"));
-                self.schedule(Actor::Consumer(i), d);
-            } else {
-                self.schedule(Actor::Consumer(i), 0);
-            }
-            return;
-        };
-        match admit(&w.entry.fields, w.token, &self.policy(), MAX_PAYLOAD) {
-            Admit::DeadLetter(reason) => {
-                self.dead_letter(i, &w, &reason);
-                self.schedule(Actor::Consumer(i), 0);
-            }
-            Admit::Handle(ev) => {
-                self.consumers[i].current = Some((w, ev));
-                self.consumers[i].state = CState::Handled;
-                let t = self.rng.range(self.opts.work_ms.0, self.opts.work_ms.1) as i64;
-                self.schedule(Actor::Consumer(i), t);
-            }
-        }
-    }
-
-    /// The handler finished: its outcome, then the core's decision.
-    fn consumer_handled(&mut self, i: usize) {
-        let f = self.opts.faults.clone();
-        let (w, ev) = self.consumers[i].current.take().expect("handling something");
-        let name = self.consumers[i].name.clone();
-        // The witness outside the commit path: every run, before the handler decides.
-        self.checker.handler_run(&ev.event_id, &w.entry.id);
-        let result = if self.pm(f.handler_permanent) {
-            self.counts.handler_permanent += 1;
-            Err(HandlerError::Permanent("refused".into()))
-        } else if self.pm(f.handler_transient) {
-            self.counts.handler_transient += 1;
-            Err(HandlerError::Transient("backend down".into()))
-        } else {
-            let rec = format!("{}|{name}|{}", ev.event_id, w.entry.id);
-            Ok(vec![Effect::new("RPUSH", [self.store.keys.effects.as_bytes(), rec.as_bytes()])])
-        };
-        let unit = self.rng.unit();
-        match after_handler(result, w.token, &self.policy(), unit) {
-            Next::Commit(effects) => {
-                self.consumers[i].finished.push((w, ev, effects));
-                self.consumers[i].state = CState::Next;
-                self.schedule(Actor::Consumer(i), 0);
-            }
-            Next::DeadLetter(reason) => {
-                self.dead_letter(i, &w, &reason);
-                self.consumers[i].state = CState::Next;
-                self.schedule(Actor::Consumer(i), 0);
-            }
-            Next::Retry { after } => {
-                self.consumers[i].current = Some((w, ev));
-                self.consumers[i].state = CState::Retrying;
-                self.schedule(Actor::Consumer(i), after.as_millis() as i64);
-            }
-        }
-    }
-
-    fn consumer_retry(&mut self, i: usize) {
-        let (mut w, ev) = self.consumers[i].current.take().expect("retrying something");
-        self.consumers[i].state = CState::Next;
-        if !self.up() {
-            self.counts.store_errors += 1;
-            self.schedule(Actor::Consumer(i), 0);
-            return;
-        }
-        let name = self.consumers[i].name.clone();
-        self.counts.retries += 1;
-        match self.store.retry(&name, &w.entry.id, w.token) {
-            Some(t) => {
-                self.log(format_args!("{name} retry {} -> #{t}", w.entry.id));
-                w.token = t;
-                self.consumers[i].current = Some((w, ev));
-                self.consumers[i].state = CState::Handled;
-                let t = self.rng.range(self.opts.work_ms.0, self.opts.work_ms.1) as i64;
-                self.schedule(Actor::Consumer(i), t);
-            }
-            None => {
-                self.log(format_args!("{name} retry {} lost it", w.entry.id));
-                self.schedule(Actor::Consumer(i), 0);
-            }
-        }
-    }
-
-    fn consumer_commit(&mut self, i: usize) {
-        let finished = std::mem::take(&mut self.consumers[i].finished);
-        self.consumers[i].state = CState::Idle;
-        if !finished.is_empty() {
-            let name = self.consumers[i].name.clone();
-            if self.up() {
-                let items: Vec<CommitItem<'_>> = finished
-                    .iter()
-                    .map(|(w, ev, eff)| CommitItem { entry_id: &w.entry.id, token: w.token, event: ev, effects: eff })
-                    .collect();
-                let out = self.store.commit(&name, self.ledger(), &items).expect("allowed effects only");
-                let mut codes = String::new();
-                for (o, (w, _, _)) in out.iter().zip(&finished) {
-                    let c = match o {
-                        CommitOutcome::Committed => {
-                            self.counts.committed += 1;
-                            'C'
-                        }
-                        CommitOutcome::AlreadyApplied => {
-                            self.counts.already_applied += 1;
-                            'A'
-                        }
-                        CommitOutcome::NotOwner => {
-                            self.counts.not_owner += 1;
-                            'F'
-                        }
-                        // The simulated handler's effects always apply; a refusal here is a
-                        // defect of the model or the commit, and the checker must see it.
-                        CommitOutcome::EffectsRefused(_) | CommitOutcome::PartiallyApplied(_) => {
-                            self.counts.effects_refused += 1;
-                            'R'
-                        }
-                    };
-                    let _ = write!(codes, "{}#{}:{c} ", w.entry.id, w.token);
+            OpKind::Commit(items) => {
+                // To the group committer, which sends whatever has gathered as one call.
+                if self.committing.is_empty() {
+                    let gather = self.rng.range(0, 3) as i64;
+                    self.schedule(Actor::Committer, gather);
                 }
-                self.log(format_args!("{name} commit {codes}"));
-            } else {
-                // Not committed: the entries stay pending and are reclaimed after claim_idle.
-                self.counts.store_errors += 1;
-                self.log(format_args!("{name} commit failed: redis down"));
+                self.committing.push((i, op.incarnation, items));
+                return;
             }
+        };
+        self.deliver(i, op.incarnation, input);
+    }
+
+    /// The group committer: one `commit_many` for everything gathered, each entry fenced
+    /// against its own consumer; each consumer gets its share of the reply.
+    fn committer_step(&mut self) {
+        let reqs: Vec<(usize, u32, Vec<Handled>)> = std::mem::take(&mut self.committing)
+            .into_iter()
+            .filter(|(i, inc, _)| self.consumers[*i].incarnation == *inc && self.consumers[*i].machine.is_some())
+            .collect();
+        if reqs.is_empty() {
+            return;
         }
-        self.schedule(Actor::Consumer(i), 0);
+        if !self.up() {
+            for (i, inc, _) in reqs {
+                let failure = self.store_down();
+                let name = self.consumers[i].name.clone();
+                self.log(format_args!("{name} commit failed: redis down"));
+                self.deliver(i, inc, Input::Committed(Err(failure)));
+            }
+            return;
+        }
+        let names: Vec<String> = reqs.iter().map(|(i, _, _)| self.consumers[*i].name.clone()).collect();
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > 1 {
+            self.counts.mixed_group_commits += 1;
+        }
+        let items: Vec<(&str, CommitItem<'_>)> = reqs
+            .iter()
+            .zip(&names)
+            .flat_map(|((_, _, hs), n)| {
+                hs.iter().map(move |h| {
+                    (
+                        n.as_str(),
+                        CommitItem { entry_id: &h.entry_id, token: h.token, event: &h.event, effects: &h.effects },
+                    )
+                })
+            })
+            .collect();
+        let refs: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|(c, it)| (*c, it)).collect();
+        let ledger = self.ledger();
+        let out = self.store.commit_many(ledger, &refs).expect("allowed effects only");
+        let mut codes = String::new();
+        for (o, (n, it)) in out.iter().zip(&items) {
+            let c = match o {
+                CommitOutcome::Committed => {
+                    self.counts.committed += 1;
+                    'C'
+                }
+                CommitOutcome::AlreadyApplied => {
+                    self.counts.already_applied += 1;
+                    'A'
+                }
+                CommitOutcome::NotOwner => {
+                    self.counts.not_owner += 1;
+                    'F'
+                }
+                // The simulated handler's effects always apply; a refusal here is a
+                // defect of the model or the commit, and the checker must see it.
+                CommitOutcome::EffectsRefused(_) | CommitOutcome::PartiallyApplied(_) => {
+                    self.counts.effects_refused += 1;
+                    'R'
+                }
+            };
+            let _ = write!(codes, "{n}:{}#{}:{c} ", it.entry_id, it.token);
+        }
+        drop(refs);
+        drop(items);
+        self.log(format_args!("commit {codes}"));
+        let mut rest = out.as_slice();
+        for (i, inc, hs) in reqs {
+            let (mine, tail) = rest.split_at(hs.len().min(rest.len()));
+            rest = tail;
+            self.deliver(i, inc, Input::Committed(Ok(mine.to_vec())));
+        }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use expiry_stream::core::sync::{lock, thread, Arc, AtomicBool, Mutex, Ordering};
+use expiry_stream::core::sync::{lock, thread, Arc, Mutex};
 use expiry_stream::core::{decode_entry, encode_entry, CommitOutcome, Effect, Event, Via};
 use expiry_stream::store::model::{Model, Reply};
 use expiry_stream::store::ModelStore;
@@ -212,54 +212,120 @@ fn without_the_ledger_a_replay_duplicates() {
 
 // ------------------------------------------------------------------ in-flight table and shutdown
 
-/// The consumer's in-process side (`consume::process`): a batch read into an in-flight queue,
-/// two handler tasks taking from it until stop, a shutdown signal arriving at any moment,
-/// then one commit of what finished and a release of what never started. Another consumer
-/// then reclaims the released entries at once. Every event exactly once, nothing pending.
+/// The consumer's in-process side is the production state machine
+/// ([`expiry_stream::core::consumer::Machine`]), driven here as `consume` drives it: each
+/// handler runs on its own thread and reports to the machine when it finishes, while the
+/// driver carries out the machine's other commands against the model and, at one moment,
+/// asks it to stop. loom tries every order of those reports and the stop: a batch read, a
+/// read-ahead, handlers finishing before or after the stop, the commit of what finished and
+/// the release of what never started. Another consumer then reclaims the released entries at
+/// once. Every event exactly once, nothing pending, and the machine's own counts agree.
 #[test]
-fn in_flight_batch_commit_and_shutdown_lose_nothing_and_commit_nothing_twice() {
+fn the_consumer_machine_with_concurrent_handlers_and_a_stop_loses_nothing_and_commits_nothing_twice() {
+    use expiry_stream::core::consumer::{Command, Input, Machine, Settings};
+    use expiry_stream::core::RetryPolicy;
+
+    type Queue = Arc<Mutex<VecDeque<Command>>>;
+
+    /// Feeds `input` and queues what the machine answers, in one critical section.
+    fn feed(m: &Mutex<Machine>, q: &Queue, input: Input) {
+        let mut m = lock(m);
+        let mut cmds = m.on(0, input);
+        cmds.extend(m.poll(0));
+        lock(q).extend(cmds);
+    }
+
+    // Which ends loom reached, across all its executions (std atomics: outside the model).
+    static STOP_FIRST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static HANDLER_FIRST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     model(|| {
-        let mut s = captured(3);
-        let batch = s.read_new("C", 10).unwrap();
-        assert_eq!(batch.len(), 3);
+        let s = captured(3);
+        let fx_key = s.keys.effects.clone();
         let r: Redis = Arc::new(Mutex::new(s));
-        let queue: Arc<Mutex<VecDeque<RawEntry>>> = Arc::new(Mutex::new(batch.into()));
-        let finished: Arc<Mutex<Vec<(RawEntry, Event)>>> = Arc::new(Mutex::new(vec![]));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let (queue, finished, stop) = (queue.clone(), finished.clone(), stop.clone());
-                spawn(move || loop {
-                    // Not started when stop is seen: left in the queue for release.
-                    if stop.load(Ordering::SeqCst) {
-                        break;
+        let settings = Settings {
+            batch: 4,
+            concurrency: 2,
+            claim_interval: Duration::from_secs(3600),
+            prune_every: None,
+            policy: RetryPolicy {
+                max_deliveries: 5,
+                backoff_base: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(1),
+            },
+            max_payload: 1 << 20,
+        };
+        let m = Arc::new(Mutex::new(Machine::new(settings, 0)));
+        let q: Queue = Arc::new(Mutex::new(lock(&m).poll(0).into()));
+        let mut handlers: VecDeque<thread::JoinHandle<()>> = VecDeque::new();
+        let mut stop_after_reads = 2;
+        let mut done = false;
+        while !done {
+            let next = lock(&q).pop_front();
+            let Some(cmd) = next else {
+                // Nothing to do until a handler reports: wait for the oldest.
+                let h = handlers.pop_front().expect("the machine waits for nothing");
+                h.join().unwrap();
+                continue;
+            };
+            match cmd {
+                Command::Read { count } => {
+                    let got = lock(&r).read_new("C", count).unwrap();
+                    feed(&m, &q, Input::Read(Ok(got)));
+                    stop_after_reads -= 1;
+                    if stop_after_reads == 0 {
+                        // Two reads in (a batch and its read-ahead), handlers may still run.
+                        feed(&m, &q, Input::Stop);
                     }
-                    let Some(e) = lock(&queue).pop_front() else { break };
-                    let ev = decode_entry(&e.fields, 1 << 20).unwrap();
-                    lock(&finished).push((e, ev));
-                })
-            })
-            .collect();
-        stop.store(true, Ordering::SeqCst);
-        for w in workers {
-            w.join().unwrap();
+                }
+                Command::Handle { slot, entry_id, event, .. } => {
+                    let (m, q, fx_key) = (m.clone(), q.clone(), fx_key.clone());
+                    handlers.push_back(spawn(move || {
+                        let rec = format!("{}|C|{entry_id}", event.event_id);
+                        let effects = vec![Effect::new("RPUSH", [fx_key.as_bytes(), rec.as_bytes()])];
+                        feed(&m, &q, Input::Handled { slot, result: Ok(effects), unit: 0.5 });
+                    }));
+                }
+                Command::Commit(items) => {
+                    let out = {
+                        let mut s = lock(&r);
+                        let its: Vec<CommitItem<'_>> = items
+                            .iter()
+                            .map(|h| CommitItem {
+                                entry_id: &h.entry_id,
+                                token: h.token,
+                                event: &h.event,
+                                effects: &h.effects,
+                            })
+                            .collect();
+                        s.commit("C", ledger(Safety::ON), &its).unwrap()
+                    };
+                    assert!(out.iter().all(|o| *o == CommitOutcome::Committed), "{out:?}");
+                    feed(&m, &q, Input::Committed(Ok(out)));
+                }
+                Command::Release(ids) => {
+                    let n = lock(&r).release("C", &ids, CLAIM * 10);
+                    assert_eq!(n, ids.len() as u64);
+                    feed(&m, &q, Input::Released(Ok(n)));
+                }
+                Command::Done => done = true,
+                other => panic!("a command this model does not expect: {other:?}"),
+            }
         }
-        let done = std::mem::take(&mut *lock(&finished));
-        let left: Vec<String> = lock(&queue).drain(..).map(|e| e.id).collect();
-        assert_eq!(done.len() + left.len(), 3, "an entry was taken but neither finished nor released");
+        for h in handlers {
+            h.join().unwrap();
+        }
+        let counts = lock(&m).counts().clone();
+        assert_eq!(
+            counts.committed + counts.released,
+            3,
+            "an entry was taken but neither committed nor released: {counts:?}"
+        );
+        let end = if counts.readahead_released > 0 { &STOP_FIRST } else { &HANDLER_FIRST };
+        end.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut s = lock(&r);
-        let effects: Vec<Vec<Effect>> = done.iter().map(|(e, ev)| effect(&s, ev, "C", &e.id)).collect();
-        let items: Vec<CommitItem<'_>> = done
-            .iter()
-            .zip(&effects)
-            .map(|((e, ev), eff)| CommitItem { entry_id: &e.id, token: 1, event: ev, effects: eff })
-            .collect();
-        let out = s.commit("C", ledger(Safety::ON), &items).unwrap();
-        assert!(out.iter().all(|o| *o == CommitOutcome::Committed));
-        assert_eq!(s.release("C", &left, CLAIM * 10), left.len() as u64);
         // Released entries are claimable at once, with no wait for the claim timeout.
         let (_, again) = s.autoclaim("D", CLAIM, "0-0", 10).unwrap();
-        assert_eq!(again.len(), left.len());
+        assert_eq!(again.len() as u64, counts.released);
         for (e, token) in &again {
             let ev = decode_entry(&e.fields, 1 << 20).unwrap();
             let eff = effect(&s, &ev, "D", &e.id);
@@ -269,6 +335,13 @@ fn in_flight_batch_commit_and_shutdown_lose_nothing_and_commit_nothing_twice() {
         assert_eq!(s.backlog(), Default::default());
         assert_once_each(&mut s, 3);
     });
+    // Both orders were explored: the stop before the first handler reported (the read-ahead
+    // is released) and after it (the read-ahead became a batch, handled and committed).
+    let (a, b) = (
+        STOP_FIRST.load(std::sync::atomic::Ordering::Relaxed),
+        HANDLER_FIRST.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(a > 0 && b > 0, "loom explored stop-first {a} times and handler-first {b} times");
 }
 
 // ------------------------------------------------------------------ the seed's protocol
