@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(s.commit("B", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::Committed]);
     }
 
-    /// An entry commit early in its bucket: the ledger set lives `retention` after the bucket
+    /// A commit early in its bucket: the ledger set lives `retention` after the bucket
     /// ends (not after the commit, not after the bucket starts), so any replay of an event of
     /// the bucket within the retention of its deadline is suppressed.
     #[test]
