@@ -234,6 +234,36 @@ mod tests {
         LedgerConfig { bucket: Duration::from_secs(60), retention: Duration::from_secs(3600), safety }
     }
 
+    /// A counter of `{t}:stats` (0 when absent).
+    fn stat(s: &mut ModelStore, field: &str) -> i64 {
+        let stats = s.keys.stats.clone();
+        let v = s.model.hget(stats.as_bytes(), field.as_bytes()).expect("stats is a hash");
+        v.map(|v| String::from_utf8(v).unwrap().parse().unwrap()).unwrap_or(0)
+    }
+
+    /// HLEN of one of the namespace's keys (`pay`, `idx` is a zset: see `backlog`).
+    fn hlen(s: &mut ModelStore, which: &str) -> i64 {
+        let key = format!("{{t}}:{which}");
+        s.call(&[b"HLEN".to_vec(), key.into_bytes()]).unwrap().int().unwrap()
+    }
+
+    /// The index score of `key` (None when it is not tracked).
+    fn indexed(s: &mut ModelStore, key: &[u8]) -> Option<i64> {
+        let idx = s.keys.idx.clone();
+        s.model.zscore(idx.as_bytes(), key).unwrap()
+    }
+
+    /// One due event for `key`, captured by the sweeper and read by `consumer` (token 1).
+    fn one_event(s: &mut ModelStore, key: &str, consumer: &str) -> (RawEntry, Event) {
+        s.write_batch(&[(key.as_bytes().to_vec(), b"v".to_vec(), Duration::from_millis(1))]);
+        s.model.advance(5);
+        assert_eq!(s.sweep(10).emitted, 1);
+        let mut got = s.read_new(consumer, 1).unwrap();
+        let e = got.remove(0);
+        let ev = decode_entry(&e.fields, 1024).unwrap();
+        (e, ev)
+    }
+
     #[test]
     fn write_sweep_read_commit() {
         let mut s = store();
@@ -243,6 +273,8 @@ mod tests {
         s.model.advance(11);
         let sw = s.sweep(10);
         assert_eq!((sw.emitted, sw.examined, sw.next_deadline_ms), (1, 1, None));
+        assert_eq!(hlen(&mut s, "pay"), 0, "the captured key's payload leaves the payload hash");
+        assert_eq!(stat(&mut s, "captured_s"), 1);
         assert_eq!(s.sweep(10).emitted, 0, "the index removal is the dedup");
         let got = s.read_new("A", 10).unwrap();
         let ev: Event = decode_entry(&got[0].fields, 1024).unwrap();
@@ -273,6 +305,8 @@ mod tests {
         let dead = s.range(&s.keys.dead.clone());
         assert_eq!(dead[0].fields[0], (b"reason".to_vec(), why.as_bytes().to_vec()));
         assert_eq!(s.backlog(), crate::store::Backlog::default());
+        assert_eq!((stat(&mut s, "effects_refused"), stat(&mut s, "dead_lettered")), (1, 1));
+        assert_eq!(stat(&mut s, "committed"), 0);
     }
 
     #[test]
@@ -337,5 +371,244 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].fields[0], (b"reason".to_vec(), b"poison".to_vec()));
         assert_eq!(s.backlog(), crate::store::Backlog::default());
+    }
+
+    /// A deadline moved earlier by another program is followed, as one moved later is (the
+    /// key's own expiry then emits it on time, with the deadline it really has).
+    #[test]
+    fn a_ttl_shortened_elsewhere_moves_the_indexed_deadline_earlier() {
+        let mut s = store();
+        s.write_batch(&[(b"x".to_vec(), b"v".to_vec(), Duration::from_millis(10_000))]);
+        assert_eq!(indexed(&mut s, b"x"), Some(1_010_000));
+        s.model.pexpire(b"x", 5);
+        assert_eq!(s.capture(&[b"x".to_vec()], Via::Sweeper), (0, 1, 0));
+        assert_eq!(indexed(&mut s, b"x"), Some(1_000_005));
+    }
+
+    /// A due index entry whose key's TTL was extended is examined and moved, not emitted.
+    #[test]
+    fn the_sweep_counts_only_what_it_emits() {
+        let mut s = store();
+        s.write_batch(&[(b"k".to_vec(), b"v".to_vec(), Duration::from_millis(10))]);
+        s.model.pexpire(b"k", 1000);
+        s.model.advance(20);
+        let sw = s.sweep(10);
+        assert_eq!((sw.emitted, sw.examined, sw.next_deadline_ms), (0, 1, Some(1_001_000)));
+        assert_eq!(s.backlog().stream_len, 0);
+        assert_eq!(stat(&mut s, "captured_s"), 0);
+    }
+
+    /// The boundaries at exactly the deadline. A key gone when the clock reads exactly its
+    /// deadline is emitted as expired, not counted as deleted: by Redis's rule it expires only
+    /// once the clock is past the deadline, but a clock that disagrees by a millisecond (a
+    /// replica promoted with a slower clock) must not turn an expiration into a silent
+    /// "deleted"; emitting is the safe side (the sweep never sees this case: it takes only
+    /// deadlines below now). Likewise an `expired` notification heard at exactly the old
+    /// deadline for a key already written again emits the old generation before following the
+    /// new one.
+    #[test]
+    fn at_exactly_the_deadline_a_gone_or_rewritten_key_is_emitted() {
+        let mut s = store();
+        s.write_batch(&[
+            (b"gone".to_vec(), b"v1".to_vec(), Duration::from_millis(10)),
+            (b"again".to_vec(), b"v2".to_vec(), Duration::from_millis(10)),
+        ]);
+        s.model.advance(10);
+        assert_eq!(s.model.now(), 1_000_010, "the clock reads exactly the deadline");
+        s.model.del(b"gone");
+        assert_eq!(s.capture(&[b"gone".to_vec()], Via::Sweeper), (1, 0, 0));
+        assert_eq!(stat(&mut s, "deleted"), 0);
+        s.model.set(b"again", b"new", false, Some(5_000));
+        assert_eq!(s.capture(&[b"again".to_vec()], Via::Notification), (1, 0, 0));
+        assert_eq!(indexed(&mut s, b"again"), Some(1_005_010), "the new generation is followed");
+        let events: Vec<Event> =
+            s.range(&s.keys.stream.clone()).iter().map(|e| decode_entry(&e.fields, 1024).unwrap()).collect();
+        let got: Vec<_> = events.iter().map(|e| (e.key.as_slice(), e.deadline_ms, e.payload.as_slice())).collect();
+        assert_eq!(got, vec![(&b"gone"[..], 1_000_010, &b"v1"[..]), (&b"again"[..], 1_000_010, &b"v2"[..])]);
+        assert_eq!((stat(&mut s, "captured_s"), stat(&mut s, "captured_n")), (1, 1));
+    }
+
+    /// `track.lua`: a key without a TTL, or missing, is not indexed; a tracked key that expired
+    /// is captured (emitted, via the writer path) by the next track of it, before anything else.
+    #[test]
+    fn track_indexes_only_keys_with_a_ttl_and_captures_an_expired_generation_first() {
+        let mut s = store();
+        s.model.set(b"plain", b"v", false, None);
+        assert_eq!(s.track(b"plain"), None);
+        assert_eq!(s.track(b"missing"), None);
+        assert_eq!(s.backlog().tracked, 0, "neither is indexed");
+        assert_eq!(hlen(&mut s, "pay"), 0);
+        s.model.set(b"t", b"tv", false, Some(100));
+        assert_eq!(s.track(b"t"), Some(1_000_100));
+        assert_eq!(indexed(&mut s, b"t"), Some(1_000_100));
+        s.model.advance(200);
+        assert_eq!(s.track(b"t"), None, "expired: gone");
+        let stream = s.range(&s.keys.stream.clone());
+        assert_eq!(stream.len(), 1, "the expired generation is emitted by track itself");
+        let ev = decode_entry(&stream[0].fields, 1024).unwrap();
+        assert_eq!(
+            (ev.key.as_slice(), ev.deadline_ms, ev.payload.as_slice(), ev.via),
+            (&b"t"[..], 1_000_100, &b"tv"[..], Via::Write)
+        );
+        assert_eq!(s.backlog().tracked, 0);
+        assert_eq!(stat(&mut s, "captured_w"), 1);
+    }
+
+    /// After an `XGROUP SETID` replay the old and the new holder both have delivery count 1:
+    /// only the consumer's name fences the old one.
+    #[test]
+    fn after_a_replay_the_fence_names_the_holder_not_only_the_token() {
+        let mut s = store();
+        let (a, ev) = one_event(&mut s, "k", "A");
+        let (stream, group) = (s.keys.stream.clone(), s.group.clone());
+        let setid: Vec<Vec<u8>> =
+            ["XGROUP", "SETID", &stream, &group, "0"].iter().map(|x| x.as_bytes().to_vec()).collect();
+        s.call(&setid).unwrap();
+        let b = s.read_new("B", 1).unwrap();
+        assert_eq!(b[0].id, a.id, "the same entry, delivered again");
+        assert_eq!(s.pending_all(), vec![(a.id.clone(), "B".to_string(), 0, 1)]);
+        let item = CommitItem { entry_id: &a.id, token: 1, event: &ev, effects: &[] };
+        assert_eq!(s.commit("A", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::NotOwner]);
+        let item = CommitItem { entry_id: &a.id, token: 1, event: &ev, effects: &[] };
+        assert_eq!(s.commit("B", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::Committed]);
+    }
+
+    /// A commit early in its bucket: the ledger set lives `retention` after the bucket
+    /// ends (not after the commit, not after the bucket starts), so any replay of an event of
+    /// the bucket within the retention of its deadline is suppressed.
+    #[test]
+    fn the_ledger_expires_retention_after_its_bucket_ends() {
+        let mut s = store();
+        let (e, ev) = one_event(&mut s, "k", "A");
+        assert_eq!((ev.deadline_ms, s.model.now()), (1_000_001, 1_000_005));
+        let item = CommitItem { entry_id: &e.id, token: 1, event: &ev, effects: &[] };
+        assert_eq!(s.commit("A", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::Committed]);
+        // Bucket 16 of 60 s ends at 1,020,000; the retention is 3,600,000.
+        let lk = format!("{}16", s.keys.ledger_prefix);
+        assert_eq!(s.model.pexpiretime(lk.as_bytes()), 17 * 60_000 + 3_600_000);
+    }
+
+    /// One group commit of more than 1,000 entries (the XACK/XDEL chunk) settles every one.
+    #[test]
+    fn a_commit_of_more_than_a_thousand_entries_acks_and_deletes_them_all() {
+        let mut s = store();
+        let n = 2_001;
+        for i in 0..n {
+            let key = format!("k{i}");
+            let ev = Event {
+                key: key.clone().into_bytes(),
+                deadline_ms: 1_000_000 + i,
+                event_id: crate::core::event_id(key.as_bytes(), 1_000_000 + i),
+                via: Via::Sweeper,
+                captured_ms: 1_000_000 + i,
+                payload: vec![],
+            };
+            s.xadd_raw(crate::core::encode_entry(&ev));
+        }
+        let got = s.read_new("A", n as usize).unwrap();
+        assert_eq!(got.len(), n as usize);
+        let events: Vec<Event> = got.iter().map(|e| decode_entry(&e.fields, 1024).unwrap()).collect();
+        let items: Vec<CommitItem<'_>> = got
+            .iter()
+            .zip(&events)
+            .map(|(e, ev)| CommitItem { entry_id: &e.id, token: 1, event: ev, effects: &[] })
+            .collect();
+        let out = s.commit("A", ledger(Safety::ON), &items).unwrap();
+        assert!(out.iter().all(|o| *o == CommitOutcome::Committed), "{out:?}");
+        assert_eq!(s.backlog(), crate::store::Backlog::default(), "every entry acked and deleted");
+        assert_eq!(stat(&mut s, "committed"), n);
+    }
+
+    /// Effects may not name the pipeline's own keys: the namespace's fixed keys, ledger sets
+    /// and batch records, in any key position of DEL. Refused, and nothing is written.
+    #[test]
+    fn effects_naming_the_pipelines_own_keys_are_refused() {
+        let mut s = store();
+        s.model.set(b"fx", b"kept", false, None);
+        let cases: [(&str, Vec<&str>, &str); 4] = [
+            ("HSET", vec!["{t}:stats", "f", "v"], "{t}:stats"),
+            ("DEL", vec!["fx", "{t}:idx"], "{t}:idx"),
+            ("SET", vec!["{t}:wb:b1", "x"], "{t}:wb:b1"),
+            ("SADD", vec!["{t}:ledger:7", "x"], "{t}:ledger:7"),
+        ];
+        for (i, (cmd, args, owned)) in cases.iter().enumerate() {
+            let (e, ev) = one_event(&mut s, &format!("k{i}"), "A");
+            let eff = vec![Effect::new("RPUSH", ["fl", "1"]), Effect::new(cmd, args)];
+            let item = CommitItem { entry_id: &e.id, token: 1, event: &ev, effects: &eff };
+            let out = s.commit("A", ledger(Safety::ON), &[item]).unwrap();
+            let want = format!("ERR effect names a key the pipeline owns: {owned}");
+            match &out[..] {
+                [CommitOutcome::EffectsRefused(r)] if r.contains(&want) && r.contains("effect 2 of 2") => {}
+                other => panic!("{cmd} {args:?}: {other:?}"),
+            }
+        }
+        assert_eq!(s.model.get(b"fx").unwrap(), Some(b"kept".to_vec()));
+        assert_eq!(s.model.lrange_all(b"fl").unwrap(), Vec::<Vec<u8>>::new());
+        assert!(!s.model.exists(b"{t}:wb:b1"));
+        assert!(!s.model.exists(b"{t}:ledger:7"));
+        let stats = s.keys.stats.clone();
+        assert_eq!(s.model.hget(stats.as_bytes(), b"f").unwrap(), None);
+        assert_eq!(s.backlog(), crate::store::Backlog::default());
+        assert_eq!(stat(&mut s, "effects_refused"), 4);
+    }
+
+    /// An effect of exactly 7,000 arguments (core's MAX_EFFECT_ARGS) applies; 7,001 is refused.
+    #[test]
+    fn an_effect_of_exactly_the_maximum_arguments_applies() {
+        let mut s = store();
+        for (i, n) in [7_000usize, 7_001].into_iter().enumerate() {
+            let (e, ev) = one_event(&mut s, &format!("k{i}"), "A");
+            let key = format!("big{n}");
+            let args: Vec<String> = std::iter::once(key.clone()).chain((2..n).map(|j| j.to_string())).collect();
+            let eff = vec![Effect::new("RPUSH", &args)];
+            assert_eq!(eff[0].args.len(), n);
+            let item = CommitItem { entry_id: &e.id, token: 1, event: &ev, effects: &eff };
+            let out = s.commit("A", ledger(Safety::ON), &[item]).unwrap();
+            if n == 7_000 {
+                assert_eq!(out, vec![CommitOutcome::Committed]);
+                assert_eq!(s.model.llen(key.as_bytes()).unwrap(), n - 2);
+            } else {
+                let why = "effects cannot apply, nothing was written: effect 1 of 1 (RPUSH big7001): ERR effect option not supported: 7001 arguments (at most 7000)";
+                assert_eq!(out, vec![CommitOutcome::EffectsRefused(why.into())]);
+                assert!(!s.model.exists(key.as_bytes()));
+            }
+        }
+    }
+
+    /// A foreign entry with more than 3,000 field pairs is dead-lettered with the first 3,000
+    /// and the count of the rest.
+    #[test]
+    fn a_dead_letter_keeps_at_most_three_thousand_fields() {
+        let mut s = store();
+        let fields: Fields = (0..3_001).map(|i| (format!("x{i}").into_bytes(), b"v".to_vec())).collect();
+        let id = s.xadd_raw(fields);
+        let got = s.read_new("A", 1).unwrap();
+        assert_eq!(got[0].id, id);
+        assert!(s.dead_letter("A", &id, 1, "poison"));
+        let dead = s.range(&s.keys.dead.clone());
+        let kept: Vec<_> = dead[0].fields.iter().filter(|(k, _)| k.starts_with(b"f:")).collect();
+        assert_eq!(kept.len(), 3_000);
+        assert_eq!(kept[2_999].0, b"f:x2999".to_vec());
+        let not_kept = dead[0].fields.iter().find(|(k, _)| k == b"fields_not_kept").map(|(_, v)| v.clone());
+        assert_eq!(not_kept, Some(b"1".to_vec()));
+        assert_eq!(s.backlog(), crate::store::Backlog::default());
+    }
+
+    /// An entry deleted from the stream (by another program) while pending is still
+    /// dead-lettered: the reason, no fields, and it leaves the pending list.
+    #[test]
+    fn an_entry_deleted_while_pending_is_still_dead_lettered() {
+        let mut s = store();
+        let (e, _) = one_event(&mut s, "k", "A");
+        let xdel = [b"XDEL".to_vec(), s.keys.stream.clone().into_bytes(), e.id.clone().into_bytes()];
+        assert_eq!(s.call(&xdel).unwrap().int(), Some(1));
+        assert!(s.dead_letter("A", &e.id, 1, "poison"));
+        let dead = s.range(&s.keys.dead.clone());
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].fields[0], (b"reason".to_vec(), b"poison".to_vec()));
+        assert_eq!(dead[0].fields[1], (b"entry".to_vec(), e.id.clone().into_bytes()));
+        assert!(!dead[0].fields.iter().any(|(k, _)| k.starts_with(b"f:")), "{:?}", dead[0].fields);
+        assert_eq!(s.backlog(), crate::store::Backlog::default());
+        assert_eq!(stat(&mut s, "dead_lettered"), 1);
     }
 }

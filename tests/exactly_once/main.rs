@@ -200,6 +200,97 @@ async fn pending_entries_deleted_from_the_stream_are_dead_lettered_not_lost() {
     );
 }
 
+/// An effect that fails although the pre-flight passed (a case it does not cover: `XADD *` to
+/// a stream whose last id is the largest possible, which Redis refuses only when it runs) is
+/// not committed: the earlier effects stay written (Redis cannot roll back), the id stays in
+/// the ledger, and the entry is dead-lettered as partially applied, with the server's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effect_failing_after_the_preflight_is_dead_lettered_as_partially_applied() {
+    let ctx = Ctx::new("partial").await;
+    let mut c = ctx.store.conn.clone();
+    let _: String = redis::cmd("XADD")
+        .arg("pa:full")
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let ev = add_entry(&ctx, "pa:1", expiry_stream::oracle::now_ms()).await;
+    let mut a = ctx.conn().await;
+    let got = ctx.store.read_new(&mut a, "A", 1, Duration::from_millis(100)).await.unwrap();
+    let effects = [Effect::new("SET", ["pa:first", "written"]), Effect::new("XADD", ["pa:full", "*", "f", "v"])];
+    let item = CommitItem { entry_id: &got[0].id, token: 1, event: &ev, effects: &effects };
+    let out = ctx.store.commit(&mut a, "A", ledger(60_000, 3_600_000), &[item]).await.unwrap();
+    let reason = match &out[..] {
+        [CommitOutcome::PartiallyApplied(r)] => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(reason.contains("PARTIALLY APPLIED") && reason.contains("effect 2 of 2 (XADD pa:full)"), "{reason:?}");
+    assert!(reason.contains("exhausted the last possible ID"), "the server's error: {reason:?}");
+    let first: Option<String> = redis::cmd("GET").arg("pa:first").query_async(&mut c).await.unwrap();
+    assert_eq!(first.as_deref(), Some("written"), "the first effect stays written");
+    assert!(ledger_ids(&ctx).await.contains(&ev.event_id), "the id stays in the ledger");
+    let dead = ctx.dead().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(field_str(&dead[0], "reason"), reason);
+    assert_eq!(field_str(&dead[0], "f:k"), "pa:1");
+    assert_eq!(ctx.store.backlog().await.unwrap().pending, 0, "settled");
+    let stats = ctx.store.stats().await.unwrap();
+    assert_eq!((stats.get("effects_partial"), stats.get("dead_lettered")), (Some(&1), Some(&1)), "{stats:?}");
+    assert_eq!(stats.get("committed"), None, "{stats:?}");
+}
+
+/// `prune.lua` removes only consumers that hold nothing and have been idle longer than the
+/// limit: a consumer holding a pending entry is never removed (XGROUP DELCONSUMER would drop
+/// its entries from the pending list: never delivered again, a silent loss), nor one that was
+/// active within the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_only_idle_consumers_that_hold_nothing() {
+    let ctx = Ctx::new("prune").await;
+    let now = expiry_stream::oracle::now_ms();
+    for i in 0..3 {
+        add_entry(&ctx, &format!("pr:{i}"), now + i).await;
+    }
+    let mut c = ctx.conn().await;
+    let (stream, group) = (ctx.store.keys.stream.clone(), "g");
+    let reader = ctx.conn().await;
+    let read = |consumer: &'static str| {
+        let (store, mut conn) = (ctx.store.clone(), reader.clone());
+        async move { store.read_new(&mut conn, consumer, 1, Duration::from_millis(100)).await.unwrap() }
+    };
+    let b = read("B").await;
+    let _: i64 = redis::cmd("XACK").arg(&stream).arg(group).arg(&b[0].id).query_async(&mut c).await.unwrap();
+    let a = read("A").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let cc = read("C").await;
+    let _: i64 = redis::cmd("XACK").arg(&stream).arg(group).arg(&cc[0].id).query_async(&mut c).await.unwrap();
+    // B: idle 1.5 s, holds nothing (removed); A: idle 1.5 s, holds one entry; C: active now.
+    assert_eq!(ctx.store.prune_consumers(Duration::from_millis(1_000)).await.unwrap(), 1);
+    let v: redis::Value =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(group).query_async(&mut c).await.unwrap();
+    let mut names = vec![];
+    if let redis::Value::Array(rows) = v {
+        for row in rows {
+            if let redis::Value::Array(kv) = row {
+                for pair in kv.chunks(2) {
+                    if let [redis::Value::BulkString(k), redis::Value::BulkString(n)] = pair {
+                        if k == b"name" {
+                            names.push(String::from_utf8_lossy(n).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    assert_eq!(names, vec!["A".to_string(), "C".to_string()]);
+    let pending: Vec<(String, String, u64, u64)> =
+        redis::cmd("XPENDING").arg(&stream).arg(group).arg("-").arg("+").arg(10).query_async(&mut c).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].0.as_str(), pending[0].1.as_str()), (a[0].id.as_str(), "A"), "A still holds its entry");
+}
+
 // ----- The pre-flight against Redis itself -----
 //
 // Generated effect lists on generated key states: each list is applied once by plain commands
@@ -418,6 +509,44 @@ fn the_preflight_refuses_exactly_what_redis_refuses() {
         refused > u64::from(cases) / 10 && refused < u64::from(cases) * 19 / 20,
         "too one-sided: {refused} of {cases}"
     );
+}
+
+/// Fixed cases of the same comparison, at the edges the random ones rarely draw: "-0", SET EX
+/// whose milliseconds overflow the clock, HSET with an odd field/value list, ZINCRBY to NaN,
+/// and aggregates emptied by the entry's own HDEL/SREM (deleted, so a later INCR applies).
+#[test]
+fn the_preflight_refuses_what_redis_refuses_at_the_edges() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _enter = rt.enter();
+    let ctx = rt.block_on(Ctx::new("preflight-edges"));
+    let e = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // (states of pf:a, pf:b, pf:c, effects, whether Redis refuses them)
+    let cases: Vec<([u8; 3], Vec<Vec<String>>, bool)> = vec![
+        ([0, 0, 0], vec![e(&["INCRBY", "pf:a", "-0"])], true),
+        ([1, 0, 0], vec![e(&["INCRBY", "pf:a", "-1"]), e(&["HINCRBY", "pf:b", "f", "-0"])], true),
+        ([0, 0, 0], vec![e(&["SET", "pf:a", "val", "EX", "9223372036854775"])], true),
+        ([0, 0, 0], vec![e(&["SET", "pf:a", "val", "EX", "9223372036854"])], false),
+        ([0, 0, 0], vec![e(&["HSET", "pf:a", "f", "y", "g"])], true),
+        ([0, 0, 0], vec![e(&["HSET", "pf:a", "f", "y", "g", "z"])], false),
+        ([7, 0, 0], vec![e(&["ZINCRBY", "pf:a", "-inf", "i"])], true),
+        ([7, 0, 0], vec![e(&["ZINCRBY", "pf:a", "inf", "i"])], false),
+        ([0, 0, 0], vec![e(&["HSET", "pf:a", "f", "y"]), e(&["HDEL", "pf:a", "f"]), e(&["INCR", "pf:a"])], false),
+        ([6, 0, 0], vec![e(&["SREM", "pf:a", "x"]), e(&["INCR", "pf:a"])], false),
+        ([4, 0, 0], vec![e(&["HDEL", "pf:a", "f", "g"]), e(&["RPUSH", "pf:a", "v"])], false),
+        ([4, 0, 0], vec![e(&["HDEL", "pf:a", "f"]), e(&["RPUSH", "pf:a", "v"])], true),
+    ];
+    for (i, (states, effects, refused)) in cases.iter().enumerate() {
+        let r = rt.block_on(pf_case(&ctx, 1_000_000 + i as u64, states, effects));
+        if let Err(m) = r {
+            panic!("case {i}: states {states:?} effects {effects:?}: {m}");
+        }
+        let out = rt.block_on(async {
+            let mut c = ctx.store.conn.clone();
+            redis::cmd("XLEN").arg(&ctx.store.keys.dead).query_async::<u64>(&mut c).await.unwrap()
+        });
+        let want = cases[..=i].iter().filter(|c| c.2).count() as u64;
+        assert_eq!(out, want, "case {i} ({effects:?}): refused by Redis: {refused}");
+    }
 }
 
 /// The blind spot, closed: a second stream entry for an event (what a broken capture dedup
