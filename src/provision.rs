@@ -50,7 +50,8 @@ impl Choice {
 
 enum Guard {
     #[cfg(feature = "containers")]
-    Container(Option<testcontainers::ContainerAsync<testcontainers::GenericImage>>),
+    // Boxed: the container handle is large, and the guard lives in every RedisServer.
+    Container(Option<Box<testcontainers::ContainerAsync<testcontainers::GenericImage>>>),
     Process {
         child: std::process::Child,
         dir: PathBuf,
@@ -303,7 +304,7 @@ async fn start_container(server: Option<&str>, extra: &[String]) -> Result<Redis
         backend: format!("container {id} ({IMAGE}:{tag})"),
         kind: "container",
         server: server.map(String::from),
-        guard: Guard::Container(Some(c)),
+        guard: Guard::Container(Some(Box::new(c))),
     })
 }
 

@@ -174,8 +174,11 @@ fn polyline(points: &[(f64, f64)], x_max: f64, y_max: f64, w: f64, h: f64, color
     format!(r#"<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{d}"/>"#)
 }
 
+/// A chart's series: its label, its colour and its (x, y) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// One SVG chart of several series over time.
-fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     let (w, h) = (900.0, 300.0);
     let x_max = series.iter().flat_map(|s| s.2.iter().map(|p| p.0)).fold(0.0, f64::max);
     let y_max = series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max).max(1.0) * 1.05;
