@@ -1,4 +1,7 @@
-//! Named fault points for chaos scenarios and tests. A point is a place-like name in the code
+//! The faults, by their one name ([`Fault`]), and the named fault points that inject some of
+//! them inside a process.
+//!
+//! A point is a place-like name in the code
 //! (`consume::before_commit`); `EXPIRY_STREAM_FAULTS` arms some of them in a process:
 //!
 //! `consume::before_commit=sleep(3000)@0.05;consume::after_read=abort@0.001`
@@ -9,6 +12,141 @@
 
 use std::sync::OnceLock;
 use std::time::Duration;
+
+/// Every fault the project injects, defined once. The simulator draws a rate for each fault it
+/// can express ([`Fault::in_sim`]); scenario files name the faults real processes and servers
+/// can suffer ([`Fault::in_scenarios`]). A fault both express has one name and one meaning in
+/// both: a seed's options and a scenario file say `kill_consumer`, `stop_consumer`,
+/// `delay_acks`, `replay`, `kill_listener`, `kill_sweeper` and `restart_redis` alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    KillConsumer,
+    CrashMidBatch,
+    StopConsumer,
+    TermConsumer,
+    DelayAcks,
+    Replay,
+    DuplicateEntry,
+    GarbageEntry,
+    KillListener,
+    KillSweeper,
+    NoListener,
+    DropNotification,
+    RestartRedis,
+    ClientKill,
+    PauseRedis,
+    NetDelay,
+    NetCut,
+    HandlerTransient,
+    HandlerPermanent,
+}
+
+impl Fault {
+    pub const ALL: &'static [Fault] = &[
+        Fault::KillConsumer,
+        Fault::CrashMidBatch,
+        Fault::StopConsumer,
+        Fault::TermConsumer,
+        Fault::DelayAcks,
+        Fault::Replay,
+        Fault::DuplicateEntry,
+        Fault::GarbageEntry,
+        Fault::KillListener,
+        Fault::KillSweeper,
+        Fault::NoListener,
+        Fault::DropNotification,
+        Fault::RestartRedis,
+        Fault::ClientKill,
+        Fault::PauseRedis,
+        Fault::NetDelay,
+        Fault::NetCut,
+        Fault::HandlerTransient,
+        Fault::HandlerPermanent,
+    ];
+
+    /// The one name, in seeds' options, sweep summaries, scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillConsumer => "kill_consumer",
+            Fault::CrashMidBatch => "crash_mid_batch",
+            Fault::StopConsumer => "stop_consumer",
+            Fault::TermConsumer => "term_consumer",
+            Fault::DelayAcks => "delay_acks",
+            Fault::Replay => "replay",
+            Fault::DuplicateEntry => "duplicate_entry",
+            Fault::GarbageEntry => "garbage_entry",
+            Fault::KillListener => "kill_listener",
+            Fault::KillSweeper => "kill_sweeper",
+            Fault::NoListener => "no_listener",
+            Fault::DropNotification => "drop_notification",
+            Fault::RestartRedis => "restart_redis",
+            Fault::ClientKill => "client_kill",
+            Fault::PauseRedis => "pause_redis",
+            Fault::NetDelay => "net_delay",
+            Fault::NetCut => "net_cut",
+            Fault::HandlerTransient => "handler_transient",
+            Fault::HandlerPermanent => "handler_permanent",
+        }
+    }
+
+    /// What the fault is, in both harnesses.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Fault::KillConsumer => "a consumer dies at once (SIGKILL): what it held in memory is gone, its entries stay pending",
+            Fault::CrashMidBatch => "kill_consumer right after a read (the fault point consume::after_read=abort): a batch read and never committed",
+            Fault::StopConsumer => "a consumer freezes (SIGSTOP, then SIGCONT), often past the claim timeout",
+            Fault::TermConsumer => "a consumer is asked to stop gracefully (SIGTERM): it commits what it started, releases the rest, restarts",
+            Fault::DelayAcks => "a commit waits before it is sent (the fault point consume::before_commit=sleep)",
+            Fault::Replay => "an already effected event's entry is added to the stream again",
+            Fault::DuplicateEntry => "a live stream entry is added a second time",
+            Fault::GarbageEntry => "an entry the capture script would never write is added to the stream",
+            Fault::KillListener => "a keyspace listener dies (or, in the simulator, is down for a while)",
+            Fault::KillSweeper => "a sweeper dies (or, in the simulator, is down for a while)",
+            Fault::NoListener => "no listener runs for a while: only the sweeper captures",
+            Fault::DropNotification => "a keyspace notification to one listener is lost",
+            Fault::RestartRedis => "Redis restarts, keeping what its persistence kept",
+            Fault::ClientKill => "CLIENT KILL of a fraction of the connections",
+            Fault::PauseRedis => "Redis stops answering for a while (CLIENT PAUSE, DEBUG SLEEP or a frozen process)",
+            Fault::NetDelay => "latency added to a role's network path",
+            Fault::NetCut => "a role's network path is cut for a while",
+            Fault::HandlerTransient => "a handler fails with a transient error (retried with backoff)",
+            Fault::HandlerPermanent => "a handler refuses an event (dead-lettered)",
+        }
+    }
+
+    /// Drawn per seed by the simulator.
+    pub fn in_sim(self) -> bool {
+        !matches!(
+            self,
+            Fault::CrashMidBatch
+                | Fault::NoListener
+                | Fault::ClientKill
+                | Fault::PauseRedis
+                | Fault::NetDelay
+                | Fault::NetCut
+        )
+    }
+
+    /// Named in scenario files (injected into real processes and servers).
+    pub fn in_scenarios(self) -> bool {
+        !matches!(
+            self,
+            Fault::TermConsumer
+                | Fault::DuplicateEntry
+                | Fault::GarbageEntry
+                | Fault::DropNotification
+                | Fault::HandlerTransient
+                | Fault::HandlerPermanent
+        )
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -84,6 +222,25 @@ pub async fn point(name: &'static str) {
                 eprintln!("fault point {name}: abort");
                 std::process::abort();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fault_names {
+    use super::Fault;
+
+    #[test]
+    fn every_fault_has_one_name_that_round_trips_and_a_harness() {
+        let mut names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Fault::ALL.len(), "two faults share a name");
+        for f in Fault::ALL {
+            let json = serde_json::to_string(f).unwrap();
+            assert_eq!(json, format!("\"{}\"", f.name()));
+            assert_eq!(serde_json::from_str::<Fault>(&json).unwrap(), *f);
+            assert!(f.in_sim() || f.in_scenarios(), "{f} is injected nowhere");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::procs::{self, Shared};
 use super::proxy::{host_port, Proxy};
 use super::report::{FaultReport, Firing, RestartObs};
-use super::spec::{FaultKind, NetRole, Role, Scenario, Targets};
+use super::spec::{Fault, NetRole, Role, Scenario, Targets};
 use crate::core::{encode_entry, event_id, Event, Via};
 use crate::provision::RedisServer;
 use crate::store::server::Server;
@@ -58,33 +58,33 @@ pub fn bite(
         let ev = evidence.get(i).cloned().unwrap_or_default();
         let c = |r: &FaultReport, n: &str| r.counts.get(n).copied().unwrap_or(0);
         let (what, ok) = match (f.kind, f.mode.as_deref()) {
-            (FaultKind::KillConsumer, _) => ("kills_mid_batch >= 1", c(r, "kills_mid_batch") > 0),
-            (FaultKind::CrashMidBatch, _) => ("aborts_observed >= 1", c(r, "aborts_observed") > 0),
-            (FaultKind::StopConsumer, _) => {
+            (Fault::KillConsumer, _) => ("kills_mid_batch >= 1", c(r, "kills_mid_batch") > 0),
+            (Fault::CrashMidBatch, _) => ("aborts_observed >= 1", c(r, "aborts_observed") > 0),
+            (Fault::StopConsumer, _) => {
                 r.counts.insert("runs_superseded".into(), superseded_by(&ev.slots));
                 (
                     "entries_held_at_stop >= 1 and runs_superseded >= 1",
                     c(r, "entries_held_at_stop") > 0 && c(r, "runs_superseded") > 0,
                 )
             }
-            (FaultKind::DelayAcks, _) => {
+            (Fault::DelayAcks, _) => {
                 r.counts.insert("runs_superseded".into(), superseded_by(&ev.slots));
                 ("runs_superseded >= 1", c(r, "runs_superseded") > 0)
             }
-            (FaultKind::Replay, Some("setid") | Some("xclaim")) => {
+            (Fault::Replay, Some("setid") | Some("xclaim")) => {
                 r.counts.insert("runs_superseded".into(), superseded_all);
                 ("runs_superseded >= 1 (in the run)", superseded_all > 0)
             }
-            (FaultKind::Replay, _) => {
+            (Fault::Replay, _) => {
                 r.counts.insert("capture_duplicates".into(), check.oracle.capture_duplicates);
                 ("capture_duplicates >= 1 (replays reached handlers)", check.oracle.capture_duplicates > 0)
             }
-            (FaultKind::KillListener | FaultKind::KillSweeper, _) => {
+            (Fault::KillListener | Fault::KillSweeper, _) => {
                 // The survivor is the other listener or sweeper of the same kind, or the other path.
                 r.counts.insert("captured_in_outage".into(), in_outage(&ev, None));
                 ("captured_in_outage >= 1", c(r, "captured_in_outage") > 0)
             }
-            (FaultKind::NoListener, _) => {
+            (Fault::NoListener, _) => {
                 r.counts.insert("captured_by_sweeper_in_outage".into(), in_outage(&ev, Some(Via::Sweeper)));
                 ("captured_by_sweeper_in_outage >= 1", c(r, "captured_by_sweeper_in_outage") > 0)
             }
@@ -106,7 +106,7 @@ pub fn plan(s: &Scenario) -> Vec<Firing> {
             Some(Role::Sweeper) => s.topology.sweepers,
             None => 0,
         };
-        let default = if f.kind == FaultKind::NoListener { Targets::All } else { Targets::Count(1) };
+        let default = if f.kind == Fault::NoListener { Targets::All } else { Targets::Count(1) };
         for (n, at) in f.firings().into_iter().enumerate() {
             let targets = match (f.kind.role(), f.targets.unwrap_or(default)) {
                 (None, _) => vec![],
@@ -222,7 +222,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
     let grace = Duration::from_secs(20);
     let result: anyhow::Result<()> = async {
         match f.kind {
-            FaultKind::KillConsumer | FaultKind::KillListener | FaultKind::KillSweeper => {
+            Fault::KillConsumer | Fault::KillListener | Fault::KillSweeper => {
                 let role = f.kind.role().expect("role");
                 let mut killed = vec![];
                 let down_from = crate::oracle::now_ms();
@@ -256,7 +256,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.evidence(i, |e| e.windows.push((down_from, crate::oracle::now_ms())));
                 }
             }
-            FaultKind::CrashMidBatch => {
+            Fault::CrashMidBatch => {
                 let p = spec.probability.unwrap_or(0.05);
                 let exits_before = ctx.procs.lock().unwrap().exits.iter().filter(|x| x.injected).count();
                 for &t in &f.targets {
@@ -282,7 +282,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.fired(i);
                 }
             }
-            FaultKind::StopConsumer => {
+            Fault::StopConsumer => {
                 let mut stopped = vec![];
                 for &t in &f.targets {
                     wait_alive(&ctx.procs, Role::Consumer, t).await;
@@ -307,7 +307,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     }
                 }
             }
-            FaultKind::DelayAcks => {
+            Fault::DelayAcks => {
                 let d = spec.delay_ms.unwrap_or(0);
                 let p = spec.probability.unwrap_or(1.0);
                 let fenced_before = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
@@ -333,10 +333,10 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 let fenced_after = ctx.store.stats().await.ok().and_then(|s| s.get("fenced").copied()).unwrap_or(0);
                 ctx.count(i, "library_fenced_commits_meanwhile", (fenced_after - fenced_before).max(0) as u64);
             }
-            FaultKind::Replay => {
+            Fault::Replay => {
                 replay(&ctx, &f, spec.mode.as_deref().unwrap_or("readd"), spec.entries.unwrap_or(20)).await?
             }
-            FaultKind::NoListener => {
+            Fault::NoListener => {
                 let n = ctx.procs.lock().unwrap().count(Role::Listener);
                 let mut stopped = 0;
                 for t in 0..n {
@@ -357,7 +357,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 ctx.count(i, "outage_ms", down.elapsed().as_millis() as u64);
                 ctx.evidence(i, |e| e.windows.push((down_from, crate::oracle::now_ms())));
             }
-            FaultKind::RestartRedis => {
+            Fault::RestartRedis => {
                 let _gate = ctx.gate.write().await;
                 let created_before = llen(&ctx.store, &ctx.store.keys.created).await?;
                 let effects_before = llen(&ctx.store, &ctx.store.keys.effects).await?;
@@ -401,7 +401,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     down_ms,
                 });
             }
-            FaultKind::ClientKill => {
+            Fault::ClientKill => {
                 let _gate = ctx.gate.write().await;
                 let server = ctx.server().await?;
                 let own = server.client_id().await?;
@@ -427,7 +427,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.fired(i);
                 }
             }
-            FaultKind::PauseRedis => {
+            Fault::PauseRedis => {
                 let mode = spec.mode.as_deref().unwrap_or("client_pause");
                 let t0 = Instant::now();
                 match mode {
@@ -472,7 +472,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                 }
                 ctx.count(i, "paused_ms", t0.elapsed().as_millis() as u64);
             }
-            FaultKind::NetDelay => {
+            Fault::NetDelay => {
                 let p = ctx.proxies.for_role(spec.role.unwrap_or_default());
                 let before = p.stats().chunks_delayed.load(std::sync::atomic::Ordering::Relaxed);
                 p.set_delay(Duration::from_millis(spec.delay_ms.unwrap_or(0)));
@@ -484,7 +484,7 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.fired(i);
                 }
             }
-            FaultKind::NetCut => {
+            Fault::NetCut => {
                 let p = ctx.proxies.for_role(spec.role.unwrap_or_default());
                 let before = p.stats().connections_reset.load(std::sync::atomic::Ordering::Relaxed);
                 p.cut();
@@ -499,6 +499,8 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
                     ctx.fired(i);
                 }
             }
+            // Refused when the scenario is checked (`spec::check`): simulator-only faults.
+            k => anyhow::bail!("fault `{k}` cannot be injected by a scenario"),
         }
         Ok(())
     }
@@ -611,32 +613,32 @@ async fn replay(ctx: &Ctx, f: &Firing, mode: &str, entries: u64) -> anyhow::Resu
 
 /// The counters each kind reports (all present, 0 until counted, so that the set of names in
 /// a report does not depend on the run).
-pub fn counters(kind: FaultKind, mode: Option<&str>) -> &'static [&'static str] {
+pub fn counters(kind: Fault, mode: Option<&str>) -> &'static [&'static str] {
     match kind {
-        FaultKind::KillConsumer => &["sigkill_delivered", "entries_held_at_kill", "kills_mid_batch", "restarts"],
-        FaultKind::CrashMidBatch => &["processes_armed", "aborts_observed"],
-        FaultKind::StopConsumer => {
-            &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered", "runs_superseded"]
-        }
-        FaultKind::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile", "runs_superseded"],
-        FaultKind::Replay => match mode {
+        Fault::KillConsumer => &["sigkill_delivered", "entries_held_at_kill", "kills_mid_batch", "restarts"],
+        Fault::CrashMidBatch => &["processes_armed", "aborts_observed"],
+        Fault::StopConsumer => &["sigstop_delivered", "entries_held_at_stop", "sigcont_delivered", "runs_superseded"],
+        Fault::DelayAcks => &["processes_armed", "library_fenced_commits_meanwhile", "runs_superseded"],
+        Fault::Replay => match mode {
             Some("setid") => &["setid_calls", "entries_rewound", "runs_superseded"],
             Some("xclaim") => &["entries_force_claimed", "runs_superseded"],
             _ => &["entries_readded", "capture_duplicates"],
         },
-        FaultKind::KillListener | FaultKind::KillSweeper => &["sigkill_delivered", "restarts", "captured_in_outage"],
-        FaultKind::NoListener => {
+        Fault::KillListener | Fault::KillSweeper => &["sigkill_delivered", "restarts", "captured_in_outage"],
+        Fault::NoListener => {
             &["listeners_stopped", "listeners_restarted", "outage_ms", "captured_by_sweeper_in_outage"]
         }
-        FaultKind::RestartRedis => &["restarts", "created_rolled_back", "effects_rolled_back"],
-        FaultKind::ClientKill => &["clients_killed"],
-        FaultKind::PauseRedis => match mode {
+        Fault::RestartRedis => &["restarts", "created_rolled_back", "effects_rolled_back"],
+        Fault::ClientKill => &["clients_killed"],
+        Fault::PauseRedis => match mode {
             Some("debug_sleep") => &["debug_sleeps", "paused_ms"],
             Some("freeze") => &["freezes", "thaws", "paused_ms"],
             _ => &["client_pauses", "paused_ms"],
         },
-        FaultKind::NetDelay => &["chunks_delayed"],
-        FaultKind::NetCut => &["cuts", "connections_reset"],
+        Fault::NetDelay => &["chunks_delayed"],
+        Fault::NetCut => &["cuts", "connections_reset"],
+        // Simulator-only faults: a scenario never holds one.
+        _ => &[],
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::procs::Exit;
-use super::spec::{FaultKind, RedisSpec, Topology, Workload};
+use super::spec::{Fault, RedisSpec, Topology, Workload};
 use crate::oracle::{Latency, Verdict};
 
 /// One planned firing of a fault (deterministic: from the file and its seed).
@@ -17,7 +17,7 @@ use crate::oracle::{Latency, Verdict};
 pub struct Firing {
     /// Index of the `[[fault]]` table.
     pub fault: usize,
-    pub kind: FaultKind,
+    pub kind: Fault,
     /// 0-based firing number.
     pub n: u32,
     pub at_ms: u64,

@@ -15,7 +15,7 @@ use super::faults::{self, Ctx, Proxies};
 use super::procs::{self, Procs};
 use super::proxy::{host_port, Proxy};
 use super::report::{Acknowledged, ExpectationResult, Report, Timings};
-use super::spec::{BackendReq, Bound, FaultKind, Role, Scenario, Ttl};
+use super::spec::{BackendReq, Bound, Fault, Role, Scenario, Ttl};
 use crate::provision::{Choice, RedisServer};
 use crate::store::Store;
 
@@ -56,8 +56,7 @@ fn server_args(s: &Scenario, container: bool) -> Vec<String> {
     if let Some(hz) = s.redis.hz {
         a.extend(["--hz".into(), hz.to_string()]);
     }
-    let debug_sleep =
-        s.faults.iter().any(|f| f.kind == FaultKind::PauseRedis && f.mode.as_deref() == Some("debug_sleep"));
+    let debug_sleep = s.faults.iter().any(|f| f.kind == Fault::PauseRedis && f.mode.as_deref() == Some("debug_sleep"));
     if container && debug_sleep {
         // The host reaches a container through the bridge, which `local` does not allow.
         a.extend(["--enable-debug-command".into(), "yes".into()]);
@@ -66,9 +65,10 @@ fn server_args(s: &Scenario, container: bool) -> Vec<String> {
 }
 
 fn choose_backend(s: &Scenario, choice: Choice) -> anyhow::Result<Choice> {
-    let needs_own = s.faults.iter().any(|f| {
-        f.kind == FaultKind::RestartRedis || (f.kind == FaultKind::PauseRedis && f.mode.as_deref() == Some("freeze"))
-    });
+    let needs_own = s
+        .faults
+        .iter()
+        .any(|f| f.kind == Fault::RestartRedis || (f.kind == Fault::PauseRedis && f.mode.as_deref() == Some("freeze")));
     Ok(match (s.redis.backend, choice) {
         (_, Choice::Url(u)) if needs_own || s.redis.appendonly => anyhow::bail!(
             "scenario {} restarts, freezes or configures Redis: it needs a provisioned server (container or process), not {u}",

@@ -198,68 +198,37 @@ pub struct RedisSpec {
     pub backend: BackendReq,
 }
 
-/// Every fault kind. `docs/SCENARIOS.md` documents each; [`FaultKind::params`] lists the
-/// parameters each one accepts.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    KillConsumer,
-    CrashMidBatch,
-    StopConsumer,
-    DelayAcks,
-    Replay,
-    KillListener,
-    KillSweeper,
-    NoListener,
-    RestartRedis,
-    ClientKill,
-    PauseRedis,
-    NetDelay,
-    NetCut,
-}
+/// A scenario's fault kinds are the project's faults ([`crate::fault::Fault`], one name each,
+/// shared with the simulator); those that only the simulator can express are refused here.
+/// `docs/SCENARIOS.md` documents each; [`Fault::params`] lists the parameters each accepts.
+pub use crate::fault::Fault;
 
-impl FaultKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::KillConsumer => "kill_consumer",
-            FaultKind::CrashMidBatch => "crash_mid_batch",
-            FaultKind::StopConsumer => "stop_consumer",
-            FaultKind::DelayAcks => "delay_acks",
-            FaultKind::Replay => "replay",
-            FaultKind::KillListener => "kill_listener",
-            FaultKind::KillSweeper => "kill_sweeper",
-            FaultKind::NoListener => "no_listener",
-            FaultKind::RestartRedis => "restart_redis",
-            FaultKind::ClientKill => "client_kill",
-            FaultKind::PauseRedis => "pause_redis",
-            FaultKind::NetDelay => "net_delay",
-            FaultKind::NetCut => "net_cut",
-        }
-    }
-
+impl Fault {
     /// (required, optional) parameters beyond the timeline (`at_ms`, `every_ms`, `times`).
     pub fn params(self) -> (&'static [&'static str], &'static [&'static str]) {
         match self {
-            FaultKind::KillConsumer => (&[], &["targets", "restart_after_ms"]),
-            FaultKind::CrashMidBatch => (&["for_ms", "probability"], &["targets", "restart_after_ms"]),
-            FaultKind::StopConsumer => (&["for_ms"], &["targets"]),
-            FaultKind::DelayAcks => (&["for_ms", "delay_ms"], &["targets", "probability"]),
-            FaultKind::Replay => (&["mode"], &["entries"]),
-            FaultKind::KillListener | FaultKind::KillSweeper => (&[], &["targets", "restart_after_ms"]),
-            FaultKind::NoListener => (&["for_ms"], &[]),
-            FaultKind::RestartRedis => (&[], &["restart_after_ms"]),
-            FaultKind::ClientKill => (&[], &["fraction"]),
-            FaultKind::PauseRedis => (&["mode", "for_ms"], &[]),
-            FaultKind::NetDelay => (&["for_ms", "delay_ms"], &["role"]),
-            FaultKind::NetCut => (&["for_ms"], &["role"]),
+            Fault::KillConsumer => (&[], &["targets", "restart_after_ms"]),
+            Fault::CrashMidBatch => (&["for_ms", "probability"], &["targets", "restart_after_ms"]),
+            Fault::StopConsumer => (&["for_ms"], &["targets"]),
+            Fault::DelayAcks => (&["for_ms", "delay_ms"], &["targets", "probability"]),
+            Fault::Replay => (&["mode"], &["entries"]),
+            Fault::KillListener | Fault::KillSweeper => (&[], &["targets", "restart_after_ms"]),
+            Fault::NoListener => (&["for_ms"], &[]),
+            Fault::RestartRedis => (&[], &["restart_after_ms"]),
+            Fault::ClientKill => (&[], &["fraction"]),
+            Fault::PauseRedis => (&["mode", "for_ms"], &[]),
+            Fault::NetDelay => (&["for_ms", "delay_ms"], &["role"]),
+            Fault::NetCut => (&["for_ms"], &["role"]),
+            // Simulator-only faults (refused by `check` before their parameters are looked at).
+            _ => (&[], &[]),
         }
     }
 
     /// Modes accepted by `mode`, for the kinds that take one.
     pub fn modes(self) -> &'static [&'static str] {
         match self {
-            FaultKind::Replay => &["readd", "setid", "xclaim"],
-            FaultKind::PauseRedis => &["client_pause", "debug_sleep", "freeze"],
+            Fault::Replay => &["readd", "setid", "xclaim"],
+            Fault::PauseRedis => &["client_pause", "debug_sleep", "freeze"],
             _ => &[],
         }
     }
@@ -267,19 +236,11 @@ impl FaultKind {
     /// The process role a kind targets, if any.
     pub fn role(self) -> Option<Role> {
         match self {
-            FaultKind::KillConsumer | FaultKind::CrashMidBatch | FaultKind::StopConsumer | FaultKind::DelayAcks => {
-                Some(Role::Consumer)
-            }
-            FaultKind::KillListener | FaultKind::NoListener => Some(Role::Listener),
-            FaultKind::KillSweeper => Some(Role::Sweeper),
+            Fault::KillConsumer | Fault::CrashMidBatch | Fault::StopConsumer | Fault::DelayAcks => Some(Role::Consumer),
+            Fault::KillListener | Fault::NoListener => Some(Role::Listener),
+            Fault::KillSweeper => Some(Role::Sweeper),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -354,7 +315,7 @@ impl<'de> Deserialize<'de> for Targets {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
-    pub kind: FaultKind,
+    pub kind: Fault,
     /// First firing, ms after the workload starts.
     #[serde(default)]
     pub at_ms: u64,
@@ -826,6 +787,16 @@ fn validate(s: &Scenario) -> Result<(), Invalid> {
     check(s.drain_timeout_s >= 1, "drain_timeout_s", "must be at least 1")?;
     for (i, f) in s.faults.iter().enumerate() {
         let p = |field: &str| format!("fault[{i}].{field}");
+        let in_files: Vec<&str> = Fault::ALL.iter().filter(|k| k.in_scenarios()).map(|k| k.name()).collect();
+        check(
+            f.kind.in_scenarios(),
+            p("kind"),
+            format!(
+                "fault kind `{}` exists only in the simulator (`expiry-stream sim` draws it per seed); scenario files take: {}",
+                f.kind,
+                in_files.join(", ")
+            ),
+        )?;
         let (required, optional) = f.kind.params();
         let present = f.present();
         for r in required {
@@ -886,25 +857,25 @@ fn validate(s: &Scenario) -> Result<(), Invalid> {
             )?;
         }
         match f.kind {
-            FaultKind::KillListener | FaultKind::NoListener => {
+            Fault::KillListener | Fault::NoListener => {
                 check(t.listeners >= 1, p("kind"), "the topology has no listener to fault")?
             }
-            FaultKind::KillSweeper => check(t.sweepers >= 1, p("kind"), "the topology has no sweeper to fault")?,
-            FaultKind::DelayAcks => check(
+            Fault::KillSweeper => check(t.sweepers >= 1, p("kind"), "the topology has no sweeper to fault")?,
+            Fault::DelayAcks => check(
                 f.delay_ms.unwrap_or(0) > 0,
                 p("delay_ms"),
                 "must be positive (above `topology.claim_idle_ms` to make acks late)",
             )?,
-            FaultKind::NetCut | FaultKind::NetDelay if f.role == Some(NetRole::Capture) => {
+            Fault::NetCut | Fault::NetDelay if f.role == Some(NetRole::Capture) => {
                 check(t.listeners + t.sweepers >= 1, p("role"), "the topology has no capture process")?
             }
             _ => {}
         }
     }
     // Faults of one kind that last must not overlap each other (their state would clash).
-    let mut spans: Vec<(FaultKind, u64, u64, usize)> = vec![];
+    let mut spans: Vec<(Fault, u64, u64, usize)> = vec![];
     for (i, f) in s.faults.iter().enumerate() {
-        if f.for_ms.is_some() && matches!(f.kind, FaultKind::NetDelay | FaultKind::NetCut | FaultKind::NoListener) {
+        if f.for_ms.is_some() && matches!(f.kind, Fault::NetDelay | Fault::NetCut | Fault::NoListener) {
             for at in f.firings() {
                 spans.push((f.kind, at, at + f.for_ms.unwrap_or(0), i));
             }
@@ -997,6 +968,15 @@ duplicate_effects = ">= 1"
         let e = err(&OK.replace("max_ms = 300", "mx_ms = 300"));
         assert_eq!(e.line, Some(8), "{e}");
         assert!(e.message.contains("mx_ms"), "{e}");
+    }
+
+    /// One vocabulary: a simulator-only fault is a known name, refused with where it lives.
+    #[test]
+    fn a_simulator_only_fault_is_refused_by_name() {
+        let e = err(&OK.replace("\"stop_consumer\"", "\"drop_notification\""));
+        assert_eq!(e.field.as_deref(), Some("fault[1].kind"), "{e}");
+        assert!(e.message.contains("exists only in the simulator"), "{e}");
+        assert!(e.message.contains("kill_consumer"), "{e}");
     }
 
     #[test]

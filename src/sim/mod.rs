@@ -241,23 +241,24 @@ pub fn run_sweep(from: u64, count: u64, jobs: usize, safety: Safety) -> SweepSum
     let mut sum = SweepSummary { seeds: count, ..SweepSummary::default() };
     for (seed, r, det) in &results {
         let c = &r.counts;
+        use crate::fault::Fault;
         for (name, n) in [
-            ("crash", c.crashes),
-            ("pause", c.pauses),
-            ("delayed_commit", c.delayed_commits),
-            ("replay", c.replays),
-            ("duplicate", c.duplicates),
-            ("garbage", c.garbage),
-            ("graceful_stop", c.graceful_stops),
-            ("listener_down", c.listener_downs),
-            ("sweeper_down", c.sweeper_downs),
-            ("notification_dropped", c.notifications_dropped),
-            ("restart", c.restarts),
+            (Fault::KillConsumer.name(), c.kill_consumer),
+            (Fault::StopConsumer.name(), c.stop_consumer),
+            (Fault::DelayAcks.name(), c.delay_acks),
+            (Fault::Replay.name(), c.replay),
+            (Fault::DuplicateEntry.name(), c.duplicate_entry),
+            (Fault::GarbageEntry.name(), c.garbage_entry),
+            (Fault::TermConsumer.name(), c.term_consumer),
+            (Fault::KillListener.name(), c.kill_listener),
+            (Fault::KillSweeper.name(), c.kill_sweeper),
+            (Fault::DropNotification.name(), c.drop_notification),
+            (Fault::RestartRedis.name(), c.restart_redis),
             ("handler_error", c.handler_transient + c.handler_permanent),
             ("fenced_commit", c.not_owner),
+            ("ledger_suppressed", c.already_applied),
             ("mixed_group_commit", c.mixed_group_commits),
             ("readahead_released", c.readahead_released),
-            ("ledger_suppressed", c.already_applied),
         ] {
             *sum.seeds_with.entry(name).or_insert(0) += u64::from(n > 0);
         }

@@ -21,31 +21,34 @@ pub enum Persistence {
     FsyncEverysec,
 }
 
+/// The rate of each fault the simulator can express, by the fault's one name
+/// ([`crate::fault::Fault`]; scenario files use the same names). A test checks that every
+/// field here is a simulator fault's name and that every simulator fault has a field.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Faults {
-    /// Per consumer step: the consumer dies, losing its in-memory batch, and restarts.
-    pub crash: PerMille,
-    /// Per consumer step: the consumer freezes for `pause_ms` (often past the claim timeout).
-    pub pause: PerMille,
-    pub pause_ms: (u64, u64),
+    /// Per consumer operation: the consumer dies, losing what it held in memory, and restarts.
+    pub kill_consumer: PerMille,
+    /// Per consumer operation: the consumer freezes for `stop_ms` (often past the claim timeout).
+    pub stop_consumer: PerMille,
+    pub stop_ms: (u64, u64),
     /// Per commit: the commit waits `delay_ms` first.
-    pub delayed_commit: PerMille,
+    pub delay_acks: PerMille,
     pub delay_ms: (u64, u64),
     /// Per fault tick: an effected event's entry is added to the stream again.
     pub replay: PerMille,
     /// Per fault tick: a live stream entry is added a second time.
-    pub duplicate: PerMille,
+    pub duplicate_entry: PerMille,
     /// Per fault tick: an entry the capture script would never write.
-    pub garbage: PerMille,
+    pub garbage_entry: PerMille,
     /// Per fault tick: a consumer is asked to stop gracefully (release) and restarts.
-    pub graceful_stop: PerMille,
+    pub term_consumer: PerMille,
     /// Per fault tick: a listener or a sweeper goes down for a while (or comes back).
-    pub listener_down: PerMille,
-    pub sweeper_down: PerMille,
+    pub kill_listener: PerMille,
+    pub kill_sweeper: PerMille,
     /// Each notification to each listener is dropped with this probability.
-    pub notify_drop: PerMille,
+    pub drop_notification: PerMille,
     /// Per fault tick: Redis restarts, with this persistence.
-    pub restart: PerMille,
+    pub restart_redis: PerMille,
     pub persistence: Persistence,
     /// Per handler run.
     pub handler_transient: PerMille,
@@ -104,26 +107,26 @@ impl Options {
         let ttl_lo = r.range(1, 200);
         let work_lo = r.range(0, 20);
         let mut f = Faults {
-            crash: on(&mut r, 30),
-            pause: on(&mut r, 40),
-            pause_ms: (claim_idle_ms / 2, claim_idle_ms * r.range(2, 6)),
-            delayed_commit: on(&mut r, 200),
+            kill_consumer: on(&mut r, 30),
+            stop_consumer: on(&mut r, 40),
+            stop_ms: (claim_idle_ms / 2, claim_idle_ms * r.range(2, 6)),
+            delay_acks: on(&mut r, 200),
             delay_ms: (0, claim_idle_ms * 2),
             replay: on(&mut r, 300),
-            duplicate: on(&mut r, 300),
-            garbage: on(&mut r, 100),
-            graceful_stop: on(&mut r, 100),
-            listener_down: on(&mut r, 200),
-            sweeper_down: on(&mut r, 200),
-            notify_drop: on(&mut r, 900),
-            restart: if r.chance(0.3) { r.range(5, 60) as PerMille } else { 0 },
+            duplicate_entry: on(&mut r, 300),
+            garbage_entry: on(&mut r, 100),
+            term_consumer: on(&mut r, 100),
+            kill_listener: on(&mut r, 200),
+            kill_sweeper: on(&mut r, 200),
+            drop_notification: on(&mut r, 900),
+            restart_redis: if r.chance(0.3) { r.range(5, 60) as PerMille } else { 0 },
             persistence: if r.chance(0.5) { Persistence::FsyncAlways } else { Persistence::FsyncEverysec },
             handler_transient: on(&mut r, 200),
             handler_permanent: on(&mut r, 20),
         };
         if short_ledger {
             f.replay = 0;
-            f.duplicate = 0;
+            f.duplicate_entry = 0;
         }
         Options {
             events: r.range(10, 80),
@@ -155,5 +158,24 @@ impl Options {
 
     pub fn short_ledger(&self) -> bool {
         self.ledger_retention_ms < 3_600_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::Fault;
+
+    /// The seed's fault fields are exactly the simulator's faults, by their one name.
+    #[test]
+    fn fault_fields_are_the_simulator_faults_by_name() {
+        let v = serde_json::to_value(Options::from_seed(1).faults).unwrap();
+        let not_rates = ["stop_ms", "delay_ms", "persistence"];
+        let mut fields: Vec<&str> =
+            v.as_object().unwrap().keys().map(String::as_str).filter(|k| !not_rates.contains(k)).collect();
+        fields.sort();
+        let mut sim: Vec<&str> = Fault::ALL.iter().filter(|f| f.in_sim()).map(|f| f.name()).collect();
+        sim.sort();
+        assert_eq!(fields, sim);
     }
 }

@@ -48,17 +48,17 @@ enum Actor {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub steps: u64,
-    pub crashes: u64,
-    pub pauses: u64,
-    pub delayed_commits: u64,
-    pub replays: u64,
-    pub duplicates: u64,
-    pub garbage: u64,
-    pub graceful_stops: u64,
-    pub listener_downs: u64,
-    pub sweeper_downs: u64,
-    pub notifications_dropped: u64,
-    pub restarts: u64,
+    pub kill_consumer: u64,
+    pub stop_consumer: u64,
+    pub delay_acks: u64,
+    pub replay: u64,
+    pub duplicate_entry: u64,
+    pub garbage_entry: u64,
+    pub term_consumer: u64,
+    pub kill_listener: u64,
+    pub kill_sweeper: u64,
+    pub drop_notification: u64,
+    pub restart_redis: u64,
     pub handler_transient: u64,
     pub handler_permanent: u64,
     pub store_errors: u64,
@@ -232,7 +232,7 @@ impl World {
         w.schedule(Actor::Producer, 0);
         w.schedule(Actor::Expiry, 100);
         w.schedule(Actor::Faults, FAULT_TICK_MS);
-        if w.opts.faults.restart > 0 && w.opts.faults.persistence == Persistence::FsyncEverysec {
+        if w.opts.faults.restart_redis > 0 && w.opts.faults.persistence == Persistence::FsyncEverysec {
             w.schedule(Actor::Persist, 1000);
         }
         for i in 0..w.sweepers.len() {
@@ -319,9 +319,9 @@ impl World {
             permanent: self.counts.handler_permanent,
             transient: self.counts.handler_transient,
             redeliveries: self.counts.reclaimed + self.counts.retries,
-            garbage: self.counts.garbage,
-            copies: self.counts.replays + self.counts.duplicates,
-            restarts: self.counts.restarts,
+            garbage: self.counts.garbage_entry,
+            copies: self.counts.replay + self.counts.duplicate_entry,
+            restarts: self.counts.restart_redis,
         };
         self.checker.judge_dead_letters(&mut self.store, causes);
         let log_hash = self.log.finish();
@@ -383,8 +383,8 @@ impl World {
                 continue;
             }
             for n in &notes {
-                if self.pm(self.opts.faults.notify_drop) {
-                    self.counts.notifications_dropped += 1;
+                if self.pm(self.opts.faults.drop_notification) {
+                    self.counts.drop_notification += 1;
                 } else {
                     self.listeners[i].queue.push(n.clone());
                 }
@@ -542,68 +542,68 @@ impl World {
             if let Some(ev) = self.checker.pick_effected(&mut self.rng, self.now) {
                 if self.up() {
                     self.store.xadd_raw(encode_entry(&ev));
-                    self.counts.replays += 1;
+                    self.counts.replay += 1;
                     self.log(format_args!("fault replay {}", ev.event_id));
                 }
             }
         }
-        if self.pm(f.duplicate) && self.up() {
+        if self.pm(f.duplicate_entry) && self.up() {
             let entries = self.store.range(&self.store.keys.stream.clone());
             if !entries.is_empty() {
                 let e = &entries[self.rng.below(entries.len() as u64) as usize];
                 let id = self.store.xadd_raw(e.fields.clone());
-                self.counts.duplicates += 1;
-                self.log(format_args!("fault duplicate {} as {id}", e.id));
+                self.counts.duplicate_entry += 1;
+                self.log(format_args!("fault duplicate_entry {} as {id}", e.id));
             }
         }
-        if self.pm(f.garbage) && self.up() {
+        if self.pm(f.garbage_entry) && self.up() {
             let fields = if self.rng.chance(0.5) {
                 vec![(b"foo".to_vec(), b"bar".to_vec())]
             } else {
                 vec![(b"k".to_vec(), b"x".to_vec()), (b"d".to_vec(), b"soon".to_vec())]
             };
             self.store.xadd_raw(fields);
-            self.counts.garbage += 1;
-            self.log(format_args!("fault garbage"));
+            self.counts.garbage_entry += 1;
+            self.log(format_args!("fault garbage_entry"));
         }
-        if self.pm(f.graceful_stop) && !self.consumers.is_empty() {
+        if self.pm(f.term_consumer) && !self.consumers.is_empty() {
             let i = self.rng.below(self.consumers.len() as u64) as usize;
             if self.consumers[i].machine.as_ref().is_some_and(|m| !m.is_stopping()) {
-                self.counts.graceful_stops += 1;
+                self.counts.term_consumer += 1;
                 let name = self.consumers[i].name.clone();
-                self.log(format_args!("fault stop {name}"));
+                self.log(format_args!("fault term_consumer {name}"));
                 let inc = self.consumers[i].incarnation;
                 self.deliver(i, inc, Input::Stop);
             }
         }
-        if self.pm(f.listener_down) && !self.listeners.is_empty() {
+        if self.pm(f.kill_listener) && !self.listeners.is_empty() {
             let i = self.rng.below(self.listeners.len() as u64) as usize;
             let l = &mut self.listeners[i];
             l.up = !l.up;
             l.queue.clear();
             let up = l.up;
             if !up {
-                self.counts.listener_downs += 1;
+                self.counts.kill_listener += 1;
             }
             self.store.model.subscribed = self.up() && self.listeners.iter().any(|l| l.up);
-            self.log(format_args!("fault listener{i} up={up}"));
+            self.log(format_args!("fault kill_listener listener{i} up={up}"));
             if up {
                 // A reconnected listener missed what expired meanwhile: sweep at once.
                 self.wake_sweepers();
             }
         }
-        if self.pm(f.sweeper_down) && !self.sweepers.is_empty() {
+        if self.pm(f.kill_sweeper) && !self.sweepers.is_empty() {
             let i = self.rng.below(self.sweepers.len() as u64) as usize;
             self.sweepers[i] = !self.sweepers[i];
             if self.sweepers[i] {
                 self.schedule(Actor::Sweeper(i), 0);
             } else {
-                self.counts.sweeper_downs += 1;
+                self.counts.kill_sweeper += 1;
             }
             let up = self.sweepers[i];
-            self.log(format_args!("fault sweeper{i} up={up}"));
+            self.log(format_args!("fault kill_sweeper sweeper{i} up={up}"));
         }
-        if self.pm(f.restart) && self.up() {
+        if self.pm(f.restart_redis) && self.up() {
             self.restart();
         }
         self.schedule(Actor::Faults, FAULT_TICK_MS);
@@ -620,7 +620,7 @@ impl World {
     /// Redis goes down. What it comes back with is what the persistence kept: everything
     /// (fsync always), or the state of the last whole second (everysec after a host crash).
     fn restart(&mut self) {
-        self.counts.restarts += 1;
+        self.counts.restart_redis += 1;
         let kept_until = match self.opts.faults.persistence {
             Persistence::FsyncAlways => self.now,
             Persistence::FsyncEverysec => {
@@ -636,7 +636,7 @@ impl World {
         self.checker.restarted(kept_until);
         let down = self.rng.range(100, 1000) as i64;
         self.redis_down_until = Some(self.now + down);
-        self.log(format_args!("fault restart kept_until {} down {down}", kept_until - EPOCH_MS));
+        self.log(format_args!("fault restart_redis kept_until {} down {down}", kept_until - EPOCH_MS));
     }
 
     fn redis_up(&mut self) {
@@ -725,10 +725,10 @@ impl World {
                 }
                 Command::Release(ids) => (OpKind::Release(ids), 0),
                 Command::Commit(items) => {
-                    let d = if self.pm(self.opts.faults.delayed_commit) {
+                    let d = if self.pm(self.opts.faults.delay_acks) {
                         let d = self.rng.range(self.opts.faults.delay_ms.0, self.opts.faults.delay_ms.1) as i64;
-                        self.counts.delayed_commits += 1;
-                        self.log(format_args!("fault delay-commit {name} {d}"));
+                        self.counts.delay_acks += 1;
+                        self.log(format_args!("fault delay_acks {name} {d}"));
                         d
                     } else {
                         0
@@ -782,20 +782,20 @@ impl World {
             return;
         }
         let f = self.opts.faults.clone();
-        if self.pm(f.crash) {
+        if self.pm(f.kill_consumer) {
             let held = self.consumers[i].machine.as_ref().map_or(0, Machine::held);
             self.consumers[i].machine = None;
-            self.counts.crashes += 1;
-            self.log(format_args!("fault crash {name} holding {held}"));
+            self.counts.kill_consumer += 1;
+            self.log(format_args!("fault kill_consumer {name} holding {held}"));
             let d = self.rng.range(10, 500) as i64;
             self.schedule(Actor::Consumer(i), d);
             return;
         }
-        if self.pm(f.pause) {
-            let d = self.rng.range(f.pause_ms.0, f.pause_ms.1) as i64;
+        if self.pm(f.stop_consumer) {
+            let d = self.rng.range(f.stop_ms.0, f.stop_ms.1) as i64;
             self.consumers[i].paused_until = self.now + d;
-            self.counts.pauses += 1;
-            self.log(format_args!("fault pause {name} {d}"));
+            self.counts.stop_consumer += 1;
+            self.log(format_args!("fault stop_consumer {name} {d}"));
             self.ops.insert(id, op);
             self.schedule(Actor::Op(id), d);
             return;
