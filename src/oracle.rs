@@ -402,6 +402,55 @@ async fn read_witnesses(store: &Store) -> crate::store::Result<(Vec<Vec<u8>>, Ve
     Ok((runs, applied, counts))
 }
 
+/// The oracle's arithmetic, one copy shared by [`check`] (ledgers read from Redis) and the
+/// simulator's checker (the same ledgers read from the model): each created event against the
+/// effects applied for it and the dead-letter stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Created, never effected, not dead-lettered, not at risk.
+    pub lost: u64,
+    /// Created after the last state a Redis restart kept (the persistence may have lost it).
+    pub lost_by_restart: u64,
+    pub dead_lettered: u64,
+    pub effected_and_dead_lettered: u64,
+    /// Effects beyond one per event id.
+    pub duplicate_effects: u64,
+    /// Effects of event ids nobody created.
+    pub unexpected_effects: u64,
+}
+
+/// Tallies `created` events (`(id, at_risk)`, each id once) against `effects` (`(id, times
+/// applied)`, each id once) and the dead-lettered ids. `lost` is called for each lost event.
+pub fn tally<'a, Id: 'a>(
+    created: impl IntoIterator<Item = (&'a Id, bool)>,
+    effects: impl IntoIterator<Item = (&'a Id, u64)>,
+    times_effected: impl Fn(&Id) -> u64,
+    was_created: impl Fn(&Id) -> bool,
+    dead_lettered: impl Fn(&Id) -> bool,
+    mut lost: impl FnMut(&Id),
+) -> Tally {
+    let mut t = Tally::default();
+    for (id, at_risk) in created {
+        if times_effected(id) > 0 {
+            t.effected_and_dead_lettered += u64::from(dead_lettered(id));
+        } else if dead_lettered(id) {
+            t.dead_lettered += 1;
+        } else if at_risk {
+            t.lost_by_restart += 1;
+        } else {
+            t.lost += 1;
+            lost(id);
+        }
+    }
+    for (id, n) in effects {
+        t.duplicate_effects += n.saturating_sub(1);
+        if !was_created(id) {
+            t.unexpected_effects += n;
+        }
+    }
+    t
+}
+
 /// Compares the created and effects ledgers of `store`'s namespace.
 pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let created_raw = read_list(store, &store.keys.created).await?;
@@ -423,7 +472,8 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let mut per_event: HashMap<u128, u32> = HashMap::with_capacity(effects_raw.len());
     let mut per_consumer: BTreeMap<String, u64> = BTreeMap::new();
     let (mut to_capture, mut to_effect, mut times) = (vec![], vec![], vec![]);
-    let mut unexpected = 0u64;
+    // Effect records that name no event id at all (another program wrote the list).
+    let mut unparseable = 0u64;
     let mut winners: std::collections::HashSet<(u128, String, String)> = std::collections::HashSet::new();
     // Server time at capture of each effected event (from its first effect record).
     let mut captured_at: HashMap<u128, i64> = HashMap::new();
@@ -431,7 +481,7 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
         let s = String::from_utf8_lossy(rec);
         let parts: Vec<&str> = s.split('|').collect();
         let Some(id) = parts.first().and_then(|p| parse_hex_id(p)) else {
-            unexpected += 1;
+            unparseable += 1;
             continue;
         };
         if let (Some(c), Some(e)) = (parts.get(1), parts.get(2)) {
@@ -442,21 +492,18 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
         if let Some(c) = parts.get(1) {
             *per_consumer.entry(c.to_string()).or_insert(0) += 1;
         }
-        match created.get(&id) {
-            None => unexpected += 1,
-            Some((d, _)) if *n == 1 => {
-                let cap = parts.get(3).and_then(|p| p.parse::<i64>().ok());
-                let eff = parts.get(4).and_then(|p| p.parse::<i64>().ok());
-                if let Some(c) = cap {
-                    to_capture.push(c - d);
-                    captured_at.insert(id, c);
-                }
-                if let Some(e) = eff {
-                    to_effect.push(e - d);
-                    times.push((*d, e));
-                }
+        // Latencies from each created event's first effect (unexpected ones are tallied below).
+        if let (Some((d, _)), 1) = (created.get(&id), *n) {
+            let cap = parts.get(3).and_then(|p| p.parse::<i64>().ok());
+            let eff = parts.get(4).and_then(|p| p.parse::<i64>().ok());
+            if let Some(c) = cap {
+                to_capture.push(c - d);
+                captured_at.insert(id, c);
             }
-            Some(_) => {}
+            if let Some(e) = eff {
+                to_effect.push(e - d);
+                times.push((*d, e));
+            }
         }
     }
     // The witnesses: handler runs (event id, stream entry) and the external sink.
@@ -526,26 +573,21 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
     let external_duplicates = applied_per_key.values().map(|n| n.saturating_sub(1)).sum();
     let external_missing = per_event.keys().filter(|id| !applied_events.contains(id)).count() as u64;
     let effects_without_run = per_event.keys().filter(|id| !ran.contains(id)).count() as u64;
-    let mut lost = 0u64;
     let mut lost_sample = vec![];
-    let mut dead_lettered = 0u64;
-    let mut effected_and_dead_lettered = 0u64;
-    for (id, (d, key)) in &created {
-        if per_event.contains_key(id) {
-            effected_and_dead_lettered += u64::from(dead_set.contains(id));
-            continue;
-        }
-        if dead_set.contains(id) {
-            dead_lettered += 1;
-            continue;
-        }
-        lost += 1;
-        if lost_sample.len() < 10 {
-            lost_sample.push(format!("{}@{d}", String::from_utf8_lossy(key)));
-        }
-    }
+    let t = tally(
+        created.keys().map(|id| (id, false)),
+        per_event.iter().map(|(id, n)| (id, u64::from(*n))),
+        |id| per_event.get(id).map_or(0, |n| u64::from(*n)),
+        |id| created.contains_key(id),
+        |id| dead_set.contains(id),
+        |id| {
+            if lost_sample.len() < 10 {
+                let (d, key) = &created[id];
+                lost_sample.push(format!("{}@{d}", String::from_utf8_lossy(key)));
+            }
+        },
+    );
     lost_sample.sort();
-    let duplicate_effects = per_event.values().map(|n| u64::from(n.saturating_sub(1))).sum();
     let counts: Vec<u64> = per_consumer.values().copied().collect();
     let spread = if counts.is_empty() {
         Spread::default()
@@ -560,14 +602,14 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
         oracle: Verdict {
             created: created_n,
             effected: effects_raw.len() as u64,
-            lost,
-            duplicate_effects,
-            unexpected_effects: unexpected,
-            dead_lettered,
-            effected_and_dead_lettered,
+            lost: t.lost,
+            duplicate_effects: t.duplicate_effects,
+            unexpected_effects: t.unexpected_effects + unparseable,
+            dead_lettered: t.dead_lettered,
+            effected_and_dead_lettered: t.effected_and_dead_lettered,
             duplicates_suppressed: stats.get("duplicates_suppressed").copied().unwrap_or(0).max(0) as u64,
             handler_runs: runs_raw.len() as u64,
-            redeliveries: (runs_raw.len() as u64).saturating_sub(effects_raw.len() as u64 + dead_lettered),
+            redeliveries: (runs_raw.len() as u64).saturating_sub(effects_raw.len() as u64 + t.dead_lettered),
             capture_duplicates,
             stream_entries_added: added,
             stream_entries_unseen: added.saturating_sub(seen_entries),
@@ -592,6 +634,37 @@ pub async fn check(store: &Store) -> crate::store::Result<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tally_classifies_every_created_event_once() {
+        use std::collections::{BTreeMap, BTreeSet};
+        // a: effected once; b: effected twice; c: dead-lettered; d: lost; e: lost but at risk;
+        // f: effected and dead-lettered; z: effected, never created.
+        let created = [("a", false), ("b", false), ("c", false), ("d", false), ("e", true), ("f", false)];
+        let effects: BTreeMap<&str, u64> = [("a", 1), ("b", 2), ("f", 1), ("z", 3)].into();
+        let dead: BTreeSet<&str> = ["c", "f"].into();
+        let mut lost = vec![];
+        let t = tally(
+            created.iter().map(|(id, r)| (id, *r)),
+            effects.iter().map(|(id, n)| (id, *n)),
+            |id| effects.get(id).copied().unwrap_or(0),
+            |id| created.iter().any(|(c, _)| c == id),
+            |id| dead.contains(id),
+            |id| lost.push(*id),
+        );
+        assert_eq!(
+            t,
+            Tally {
+                lost: 1,
+                lost_by_restart: 1,
+                dead_lettered: 1,
+                effected_and_dead_lettered: 1,
+                duplicate_effects: 1 + 2,
+                unexpected_effects: 3,
+            }
+        );
+        assert_eq!(lost, vec!["d"]);
+    }
 
     #[test]
     fn latency_percentiles() {

@@ -1,4 +1,4 @@
-//! The simulator's oracle, the same arithmetic as [`crate::oracle`]: a ledger of every event
+//! The simulator's oracle, the same arithmetic as [`crate::oracle`] (its [`crate::oracle::tally`]): a ledger of every event
 //! the producer was told it created (key, deadline) and the effects ledger the handlers wrote
 //! (`{ns}:oracle:effects`, an `RPUSH` committed with the ack, read back from the model as the
 //! real oracle reads it from Redis). Compared as multisets; it never reads library counters.
@@ -241,36 +241,33 @@ impl Checker {
                 }
             }
         }
+        // The oracle's own arithmetic (`oracle::tally`), on the model's ledgers.
+        let mut lost_sample = vec![];
+        let t = crate::oracle::tally(
+            self.created.iter().map(|(id, c)| (id, c.at_risk)),
+            self.counts.iter().map(|(id, n)| (id, u64::from(*n))),
+            |id| self.counts.get(id).map_or(0, |n| u64::from(*n)),
+            |id| self.created.contains_key(id),
+            |id| dead.contains(id),
+            |id| {
+                if lost_sample.len() < 5 {
+                    let c = &self.created[id];
+                    lost_sample.push(format!("{}@{}", String::from_utf8_lossy(&c.key), c.deadline));
+                }
+            },
+        );
+        self.lost_sample.extend(lost_sample);
         let mut v = Verdict {
             created: self.created.values().map(|c| u64::from(c.times)).sum(),
             effected: self.counts.values().map(|n| u64::from(*n)).sum(),
+            lost: t.lost,
+            lost_by_restart: t.lost_by_restart,
+            duplicate_effects: t.duplicate_effects,
+            unexpected_effects: t.unexpected_effects,
+            dead_lettered: t.dead_lettered,
+            effected_and_dead_lettered: t.effected_and_dead_lettered,
             ..Verdict::default()
         };
-        for (id, c) in &self.created {
-            let n = self.counts.get(id).copied().unwrap_or(0);
-            if n > 0 {
-                if dead.contains(id) {
-                    v.effected_and_dead_lettered += 1;
-                }
-                continue;
-            }
-            if dead.contains(id) {
-                v.dead_lettered += 1;
-            } else if c.at_risk {
-                v.lost_by_restart += 1;
-            } else {
-                v.lost += 1;
-                if self.lost_sample.len() < 5 {
-                    self.lost_sample.push(format!("{}@{}", String::from_utf8_lossy(&c.key), c.deadline));
-                }
-            }
-        }
-        for (id, n) in &self.counts {
-            v.duplicate_effects += u64::from(n.saturating_sub(1));
-            if !self.created.contains_key(id) {
-                v.unexpected_effects += u64::from(*n);
-            }
-        }
         v.handler_runs = self.handler_runs;
         v.capture_duplicates = self.runs.values().map(|e| (e.len() as u64).saturating_sub(1)).sum();
         self.verdict = v;
