@@ -1,7 +1,9 @@
 //! Consumers: batched `XREADGROUP` on a dedicated connection each, a handler per event, one
 //! fenced commit script call per batch, `XAUTOCLAIM` reclaim, retries with backoff, dead
-//! letters, graceful shutdown. Knows no Redis command itself: every call goes through
-//! [`crate::store::Store`].
+//! letters, graceful shutdown. Every decision is the state machine's
+//! ([`crate::core::consumer::Machine`], which the simulator and loom drive too); this module
+//! is its tokio driver and the process's group committer. Knows no Redis command itself:
+//! every call goes through [`crate::store::Store`].
 
 use std::future::Future;
 use std::pin::Pin;
