@@ -1,5 +1,6 @@
-//! The workload generator: `set_with_ttl` at a precise pace, recording every created event
-//! in the oracle's created ledger.
+//! The workload generator, the one producer of `run`, `produce`, `bench` and the chaos
+//! scenarios: `set_with_ttl` at a precise pace, recording every created event in the oracle's
+//! created ledger. (The simulator's producer paces in virtual time over the model.)
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,38 @@ pub struct ProduceReport {
     pub achieved_rate: f64,
 }
 
+/// How long each key lives.
+#[derive(Clone, Debug)]
+pub enum TtlPlan {
+    /// `WorkloadConfig::ttl_ms` for every key.
+    Fixed,
+    /// Drawn per key, uniformly in `min_ms..=max_ms`, from `seed` (a scenario's).
+    Uniform { min_ms: u64, max_ms: u64, seed: u64 },
+}
+
+/// What a harness adds around each batch (the chaos runner uses all of it).
+#[derive(Default)]
+pub struct Extras {
+    pub ttl: Option<TtlPlan>,
+    /// Held shared over each batch's write and its record: a fault that breaks the producer's
+    /// connections (a Redis restart) takes it exclusively, so it never falls between them.
+    pub gate: Option<Arc<tokio::sync::RwLock<()>>>,
+    /// Every acknowledged creation is appended here as `deadline:key`, before its record in the
+    /// created ledger: a witness that survives what Redis forgets.
+    pub ledger_file: Option<std::path::PathBuf>,
+    /// Counts the calls retried.
+    pub retries: Option<Arc<AtomicU64>>,
+    /// Key `i` is due at `start + i * delay` (a scenario shares its clock with its faults).
+    pub start: Option<Instant>,
+}
+
+/// The payload of workload key `i`, `bytes` long at least.
+pub fn payload_for(i: u64, bytes: usize) -> Vec<u8> {
+    let mut v = format!("v{i}:").into_bytes();
+    v.resize(bytes.max(v.len()), b'x');
+    v
+}
+
 /// Workload key `i` of a namespace.
 pub fn key_for(store: &Store, i: u64) -> Vec<u8> {
     format!("{}{i}", store.keys.key_prefix()).into_bytes()
@@ -60,12 +93,34 @@ pub async fn produce(
     cfg: &WorkloadConfig,
     created: Arc<AtomicU64>,
 ) -> crate::store::Result<ProduceReport> {
+    produce_with(store, cfg, created, Extras::default()).await
+}
+
+/// [`produce`] with a harness's [`Extras`].
+pub async fn produce_with(
+    store: &Store,
+    cfg: &WorkloadConfig,
+    created: Arc<AtomicU64>,
+    extras: Extras,
+) -> crate::store::Result<ProduceReport> {
+    let mut file = match &extras.ledger_file {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(StoreError::Io)?)),
+        None => None,
+    };
+    let mut rng = match extras.ttl {
+        Some(TtlPlan::Uniform { seed, .. }) => fastrand::Rng::with_seed(seed),
+        _ => fastrand::Rng::with_seed(0),
+    };
+    let ttl_of = |rng: &mut fastrand::Rng| match extras.ttl {
+        Some(TtlPlan::Uniform { min_ms, max_ms, .. }) => rng.u64(min_ms..=max_ms.max(min_ms)),
+        _ => cfg.ttl_ms,
+    };
+    let retries = extras.retries.clone().unwrap_or_default();
     // Batch ids: `<run>-<n>`. The run part is random per call, so ids never collide with
     // another producer's (or an earlier run's) records still alive in the same namespace.
     let run = format!("{:016x}{:08x}", fastrand::u64(..), std::process::id());
     let mut batch_no = 0u64;
-    let start = Instant::now();
-    let ttl = Duration::from_millis(cfg.ttl_ms);
+    let start = extras.start.unwrap_or_else(Instant::now);
     let mut sent = 0u64;
     while sent < cfg.keys {
         // No delay (division by zero): every key is due at once.
@@ -79,18 +134,30 @@ pub async fn produce(
         let n = (due - sent).min(cfg.batch as u64);
         let items: Vec<(Vec<u8>, Vec<u8>, Duration)> = (sent..sent + n)
             .map(|i| {
-                let mut v = format!("v{i}:").into_bytes();
-                v.resize(cfg.payload_bytes.max(v.len()), b'x');
-                (key_for(store, i), v, ttl)
+                let ttl = Duration::from_millis(ttl_of(&mut rng));
+                (key_for(store, i), payload_for(i, cfg.payload_bytes), ttl)
             })
             .collect();
         let id = format!("{run}-{batch_no}");
         batch_no += 1;
         let (id, items) = (id.as_str(), items.as_slice());
-        let deadlines = retrying("write batch", RETRY_BOUND, || store.write_batch_once(id, items)).await?;
+        let guard = match &extras.gate {
+            Some(g) => Some(g.read().await),
+            None => None,
+        };
+        let deadlines = retrying("write batch", RETRY_BOUND, &retries, || store.write_batch_once(id, items)).await?;
+        if let Some(f) = file.as_mut() {
+            use std::io::Write;
+            for ((k, _, _), d) in items.iter().zip(&deadlines) {
+                writeln!(f, "{d}:{}", String::from_utf8_lossy(k)).map_err(StoreError::Io)?;
+            }
+            f.flush().map_err(StoreError::Io)?;
+        }
         let recs: Vec<(&[u8], i64)> = items.iter().zip(&deadlines).map(|((k, _, _), d)| (k.as_slice(), *d)).collect();
         let recs = recs.as_slice();
-        retrying("record created", RETRY_BOUND, || crate::oracle::record_created_once(store, id, recs)).await?;
+        retrying("record created", RETRY_BOUND, &retries, || crate::oracle::record_created_once(store, id, recs))
+            .await?;
+        drop(guard);
         sent += n;
         created.store(sent, Ordering::Relaxed);
     }
@@ -114,7 +181,7 @@ pub async fn produce(
 /// attempt then runs on the new connection. Without it, connections killed more often than
 /// the pause (`CLIENT KILL` every 50 ms) would fail every attempt, each on an already dead
 /// connection. A server that is down still gets at most two attempts per pause.
-async fn retrying<T, F, Fut>(what: &str, bound: Duration, mut call: F) -> crate::store::Result<T>
+async fn retrying<T, F, Fut>(what: &str, bound: Duration, retries: &AtomicU64, mut call: F) -> crate::store::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = crate::store::Result<T>>,
@@ -126,6 +193,7 @@ where
         match call().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => {
+                retries.fetch_add(1, Ordering::Relaxed);
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= bound {
                     return Err(StoreError::GaveUp {
@@ -161,7 +229,7 @@ mod tests {
     async fn retrying_retries_connection_loss_and_stops_on_other_errors() {
         // Two dropped connections, then success.
         let mut n = 0;
-        let r = retrying("t", Duration::from_secs(5), || {
+        let r = retrying("t", Duration::from_secs(5), &AtomicU64::new(0), || {
             n += 1;
             let fail = n <= 2;
             async move {
@@ -176,7 +244,7 @@ mod tests {
         assert_eq!(r.unwrap(), 3);
         // Not retryable: returned at once.
         let mut n = 0;
-        let r: crate::store::Result<()> = retrying("t", Duration::from_secs(5), || {
+        let r: crate::store::Result<()> = retrying("t", Duration::from_secs(5), &AtomicU64::new(0), || {
             n += 1;
             async { Err(StoreError::Reply { what: "x", reply: "y".into() }) }
         })
@@ -186,7 +254,7 @@ mod tests {
         // Always failing: gives up after the bound, naming the call and the last error.
         let t = Instant::now();
         let r: crate::store::Result<()> =
-            retrying("write batch", Duration::from_millis(120), || async { Err(dropped()) }).await;
+            retrying("write batch", Duration::from_millis(120), &AtomicU64::new(0), || async { Err(dropped()) }).await;
         let e = r.unwrap_err();
         assert!(t.elapsed() >= Duration::from_millis(120));
         assert!(!e.is_retryable());

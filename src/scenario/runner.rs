@@ -3,7 +3,6 @@
 //! fires the fault timeline, drains, stops everything gracefully and asks the oracle.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,11 +35,7 @@ pub struct RunOptions {
 }
 
 /// Payload of workload key `i`: `v<i>:` padded to `bytes` (the producer and replays agree).
-pub fn payload_for(i: u64, bytes: usize) -> Vec<u8> {
-    let mut v = format!("v{i}:").into_bytes();
-    v.resize(bytes.max(v.len()), b'x');
-    v
-}
+pub use crate::workload::payload_for;
 
 const NS: &str = "chaos";
 const GROUP: &str = "expiry";
@@ -466,10 +461,10 @@ async fn wait_ready(store: &Store, s: &Scenario) -> anyhow::Result<()> {
     }
 }
 
-/// The workload: paced creations with TTLs drawn from the seed. Each batch is one atomic
-/// write; once Redis acknowledges it, the creations go to the local ledger file, then to the
-/// oracle's created ledger. A failed write is retried (the gate guarantees it failed before
-/// Redis executed it: faults that break the harness's connections wait for the whole batch).
+/// The workload: the one producer (`workload::produce_with`), paced on the scenario's clock,
+/// TTLs drawn from the seed. Each batch is one idempotent write; once Redis acknowledges it,
+/// the creations go to the local ledger file, then to the oracle's created ledger, all under
+/// the gate's shared guard (faults that break the harness's connections take it exclusively).
 async fn produce(
     store: Store,
     s: Scenario,
@@ -480,69 +475,27 @@ async fn produce(
     t0: Instant,
 ) -> anyhow::Result<()> {
     let w = &s.workload;
-    let mut rng = fastrand::Rng::with_seed(s.seed ^ 0x5eed_77f1_0000_0001);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&ledger)?);
-    let per_key = Duration::from_secs_f64(1.0 / w.rate_per_s);
-    let mut sent = 0u64;
-    while sent < w.keys {
-        let due = ((t0.elapsed().as_secs_f64() * w.rate_per_s) as u64 + 1).min(w.keys);
-        if due <= sent {
-            tokio::time::sleep_until((t0 + per_key.mul_f64(sent as f64)).into()).await;
-            continue;
+    let (ttl_ms, ttl) = match w.ttl {
+        Ttl::Fixed { ms } => (ms, crate::workload::TtlPlan::Fixed),
+        Ttl::Uniform { min_ms, max_ms } => {
+            (min_ms, crate::workload::TtlPlan::Uniform { min_ms, max_ms, seed: s.seed ^ 0x5eed_77f1_0000_0001 })
         }
-        let n = (due - sent).min(64);
-        let items: Vec<(Vec<u8>, Vec<u8>, Duration)> = (sent..sent + n)
-            .map(|i| {
-                let ttl = match w.ttl {
-                    Ttl::Fixed { ms } => ms,
-                    Ttl::Uniform { min_ms, max_ms } => rng.u64(min_ms..=max_ms),
-                };
-                (crate::workload::key_for(&store, i), payload_for(i, w.payload_bytes), Duration::from_millis(ttl))
-            })
-            .collect();
-        // One gate guard over the write, the local ledger and the created ledger: a restart
-        // never falls between a batch's write and its record, so what a crash loses is a
-        // suffix of both (counted by `acknowledged_lost`), never a record without its keys.
-        let batch_guard = gate.read().await;
-        let mut attempts = 0;
-        let deadlines = loop {
-            let r = store.write_batch(&items).await;
-            match r {
-                Ok(d) => break d,
-                Err(e) => {
-                    attempts += 1;
-                    retries.fetch_add(1, Ordering::Relaxed);
-                    if attempts > 300 {
-                        anyhow::bail!("producer: write failed 300 times: {e}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        for ((k, _, _), d) in items.iter().zip(&deadlines) {
-            writeln!(file, "{d}:{}", String::from_utf8_lossy(k))?;
-        }
-        file.flush()?;
-        let recs: Vec<(&[u8], i64)> = items.iter().zip(&deadlines).map(|((k, _, _), d)| (k.as_slice(), *d)).collect();
-        let mut attempts = 0;
-        loop {
-            let r = crate::oracle::record_created(&store, &recs).await;
-            match r {
-                Ok(()) => break,
-                Err(e) => {
-                    attempts += 1;
-                    retries.fetch_add(1, Ordering::Relaxed);
-                    if attempts > 300 {
-                        anyhow::bail!("producer: recording creations failed 300 times: {e}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        drop(batch_guard);
-        sent += n;
-        created.store(sent, Ordering::Relaxed);
-    }
+    };
+    let cfg = crate::workload::WorkloadConfig {
+        keys: w.keys,
+        ttl_ms,
+        delay_us: (1e6 / w.rate_per_s).round() as u64,
+        payload_bytes: w.payload_bytes,
+        batch: 64,
+    };
+    let extras = crate::workload::Extras {
+        ttl: Some(ttl),
+        gate: Some(gate),
+        ledger_file: Some(ledger),
+        retries: Some(retries),
+        start: Some(t0),
+    };
+    crate::workload::produce_with(&store, &cfg, created, extras).await?;
     Ok(())
 }
 

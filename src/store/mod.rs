@@ -90,6 +90,9 @@ pub enum StoreError {
     Unsupported(String),
     #[error("unexpected reply to {what}: {reply}")]
     Reply { what: &'static str, reply: String },
+    /// A local file written beside the store calls failed (the chaos producer's ledger file).
+    #[error("local file: {0}")]
+    Io(std::io::Error),
     /// A retrying caller (such as `workload::produce`) gave up on retryable errors.
     #[error("{what}: no success after {after:?} of retries, giving up; last error: {last}")]
     GaveUp { what: String, after: Duration, last: Box<StoreError> },
@@ -124,7 +127,9 @@ impl StoreError {
             StoreError::Redis(e) => {
                 matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN"))
             }
-            StoreError::Reply { .. } | StoreError::GaveUp { .. } | StoreError::Unsupported(_) => false,
+            StoreError::Reply { .. } | StoreError::GaveUp { .. } | StoreError::Unsupported(_) | StoreError::Io(_) => {
+                false
+            }
         }
     }
 }
