@@ -183,16 +183,14 @@ pub async fn run_sweeper(
             Ok(s) => {
                 stats.sweeps.fetch_add(1, Ordering::Relaxed);
                 stats.emitted.fetch_add(s.emitted, Ordering::Relaxed);
-                if s.examined as usize >= cfg.batch {
-                    Duration::ZERO
-                } else {
-                    match s.next_deadline_ms {
-                        // A key expires once the server clock is past its deadline: wake 1 ms after.
-                        Some(d) => Duration::from_millis((d - s.now_ms + 1).max(0) as u64)
-                            .clamp(cfg.min_interval, cfg.max_interval),
-                        None => cfg.max_interval,
-                    }
-                }
+                crate::core::sweep_pause(
+                    s.examined,
+                    cfg.batch,
+                    s.next_deadline_ms,
+                    s.now_ms,
+                    cfg.min_interval,
+                    cfg.max_interval,
+                )
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -266,6 +266,27 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Durati
     ceiling.mul_f64(0.5 + 0.5 * unit)
 }
 
+/// How long a sweeper waits before its next sweep, one decision for `capture::run_sweeper`
+/// and the simulator's sweepers: at once when the last sweep was full (`examined` reached
+/// `batch`: more may be due); else until 1 ms past the index's next deadline (a key expires
+/// once the server clock is past it), kept within `[min, max]`; `max` when the index is empty.
+pub fn sweep_pause(
+    examined: u64,
+    batch: usize,
+    next_deadline_ms: Option<i64>,
+    now_ms: i64,
+    min: Duration,
+    max: Duration,
+) -> Duration {
+    if examined as usize >= batch {
+        return Duration::ZERO;
+    }
+    match next_deadline_ms {
+        Some(d) => Duration::from_millis((d - now_ms + 1).max(0) as u64).clamp(min, max.max(min)),
+        None => max,
+    }
+}
+
 /// Ledger bucket of an event: the ledger is a set per bucket of deadlines, expiring
 /// `retention` after the bucket ends, so its size is bounded by the events whose deadline
 /// falls within one retention window.
@@ -360,6 +381,18 @@ pub fn after_handler(result: Result<Vec<Effect>, HandlerError>, token: u64, poli
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_pause_is_zero_when_full_else_to_the_next_deadline_within_bounds() {
+        let (min, max) = (Duration::from_millis(2), Duration::from_millis(100));
+        assert_eq!(sweep_pause(8, 8, Some(5_000), 1_000, min, max), Duration::ZERO);
+        assert_eq!(sweep_pause(3, 8, Some(1_040), 1_000, min, max), Duration::from_millis(41));
+        assert_eq!(sweep_pause(3, 8, Some(1_000), 1_000, min, max), min, "1 ms past, raised to min");
+        assert_eq!(sweep_pause(3, 8, Some(900), 1_000, min, max), min, "overdue: the next sweep at once");
+        assert_eq!(sweep_pause(3, 8, Some(9_000), 1_000, min, max), max);
+        assert_eq!(sweep_pause(0, 8, None, 1_000, min, max), max);
+        assert_eq!(sweep_pause(0, 8, Some(9_000), 1_000, min, Duration::ZERO), min, "a max below min is min");
+    }
 
     fn ev() -> Event {
         let key = b"es:key:42".to_vec();

@@ -522,14 +522,16 @@ impl World {
         if s.emitted > 0 || s.examined > 0 {
             self.log(format_args!("sweeper{i} {} of {}", s.emitted, s.examined));
         }
-        let pause = if s.examined as usize >= batch {
-            0
-        } else {
-            match s.next_deadline_ms {
-                Some(d) => (d - s.now_ms + 1).clamp(2, max.max(2)),
-                None => max,
-            }
-        };
+        // The production sweeper's decision (`capture::run_sweeper`), its minimum 2 ms.
+        let pause = crate::core::sweep_pause(
+            s.examined,
+            batch,
+            s.next_deadline_ms,
+            s.now_ms,
+            Duration::from_millis(2),
+            Duration::from_millis(max as u64),
+        )
+        .as_millis() as i64;
         self.schedule(Actor::Sweeper(i), pause);
     }
 
