@@ -16,6 +16,9 @@ command -v cargo-mutants >/dev/null || nice -n 19 cargo install cargo-mutants --
 # Mutated builds get a target directory of their own: never one another build (or another
 # worktree) links from while a mutant is in it.
 export CARGO_TARGET_DIR="$PWD/target/mutants"
+# No debug info in these builds: a mutant's build is mostly linking test binaries, and the
+# line tables are never read (a failing test is only counted, not debugged).
+export CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0
 export EXPIRY_STREAM_REDIS=process
 # A failing snapshot or property test must not write into the tree, nor shrink for minutes.
 export INSTA_UPDATE=no PROPTEST_DISABLE_FAILURE_PERSISTENCE=1 PROPTEST_MAX_SHRINK_ITERS=0
