@@ -448,7 +448,10 @@ mod tests {
         let cut = format!("{}é{}", "a".repeat(63), "z".repeat(10));
         assert_eq!(show(cut.as_bytes()), format!("{}...", "a".repeat(63)));
         assert_eq!(show(b"\xffk"), "\u{fffd}k");
-        assert_eq!(DecodeError::Unknown(show(format!("{a64}x").as_bytes())).to_string(), format!("unknown field `{a64}...`"));
+        assert_eq!(
+            DecodeError::Unknown(show(format!("{a64}x").as_bytes())).to_string(),
+            format!("unknown field `{a64}...`")
+        );
     }
 
     #[test]
@@ -473,6 +476,47 @@ mod tests {
         e.payload = b"four".to_vec();
         assert_eq!(decode_entry(&encode_entry(&e), 4), Ok(e.clone()));
         assert_eq!(decode_entry(&encode_entry(&e), 3), Err(DecodeError::Oversized { len: 4, limit: 3 }));
+    }
+
+    #[test]
+    fn every_via_tag_round_trips_and_nothing_else_is_a_tag() {
+        for via in [Via::Notification, Via::Sweeper, Via::Write] {
+            assert_eq!(Via::from_tag(via.tag().as_bytes()), Some(via));
+            let mut e = ev();
+            e.via = via;
+            assert_eq!(decode_entry(&encode_entry(&e), 1024), Ok(e));
+        }
+        assert_eq!((Via::Notification.tag(), Via::Sweeper.tag(), Via::Write.tag()), ("n", "s", "w"));
+        for bad in [&b""[..], b"x", b"N", b"ns"] {
+            assert_eq!(Via::from_tag(bad), None);
+        }
+    }
+
+    #[test]
+    fn commit_codes_name_their_outcomes_and_only_refused_or_partial_entries_are_dead_lettered() {
+        assert_eq!(CommitOutcome::from_code(1), Some(CommitOutcome::Committed));
+        assert_eq!(CommitOutcome::from_code(2), Some(CommitOutcome::AlreadyApplied));
+        assert_eq!(CommitOutcome::from_code(3), Some(CommitOutcome::NotOwner));
+        for c in [0, 4, 5, -1] {
+            assert_eq!(CommitOutcome::from_code(c), None, "{c}");
+        }
+        let r = || "ERR why".to_string();
+        assert_eq!(CommitOutcome::from_code_reason(4, r()), Some(CommitOutcome::EffectsRefused(r())));
+        assert_eq!(CommitOutcome::from_code_reason(5, r()), Some(CommitOutcome::PartiallyApplied(r())));
+        for c in [1, 2, 3, 6] {
+            assert_eq!(CommitOutcome::from_code_reason(c, r()), None, "{c}");
+        }
+        let dead: Vec<_> = [
+            CommitOutcome::Committed,
+            CommitOutcome::AlreadyApplied,
+            CommitOutcome::NotOwner,
+            CommitOutcome::EffectsRefused(r()),
+            CommitOutcome::PartiallyApplied(r()),
+        ]
+        .iter()
+        .map(CommitOutcome::dead_lettered)
+        .collect();
+        assert_eq!(dead, [false, false, false, true, true]);
     }
 
     #[test]
