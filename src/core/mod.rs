@@ -8,6 +8,7 @@ pub mod sync;
 
 pub use handler::{Delivery, Handler, HandlerError, HandlerFuture};
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn key_lossy(&self) -> std::borrow::Cow<'_, str> {
+    pub fn key_lossy(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.key)
     }
 }
