@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 part=${1:-all}
 shift || true
-command -v cargo-mutants >/dev/null || nice -n 19 cargo install cargo-mutants --locked
+command -v cargo-mutants >/dev/null || nice -n 19 cargo install cargo-mutants --locked --version 27.1.0
 
 # Mutated builds get a target directory of their own: never one another build (or another
 # worktree) links from while a mutant is in it.
