@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cargo-mutants over src/core, src/store (not the model), src/consume and src/capture
 # (.cargo/mutants.toml), in two parts with their own fast tiers (docs/MUTANTS.md):
-#   core: pure code; its unit tests and the model's property tests (--lib --test model).
+#   core: pure code; its unit tests and the model's property tests (--lib --test model);
+#         the consumer's state machine (src/core/consumer.rs) with the unit tests (--lib).
 #   io:   store, consume, capture; also the simulator (its safe sweep and snapshot) and the
 #         integration tests on a redis-server process (exactly_once, pipeline, bad_input).
 # Usage: scripts/mutants/rust.sh [core|io|all] [cargo-mutants options, e.g. --shard 0/8]
@@ -11,11 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 part=${1:-all}
 shift || true
-command -v cargo-mutants >/dev/null || nice -n 19 cargo install cargo-mutants --locked
+command -v cargo-mutants >/dev/null || nice -n 19 cargo install cargo-mutants --locked --version 27.1.0
 
 # Mutated builds get a target directory of their own: never one another build (or another
 # worktree) links from while a mutant is in it.
 export CARGO_TARGET_DIR="$PWD/target/mutants"
+# No debug info in these builds: a mutant's build is mostly linking test binaries, and the
+# line tables are never read (a failing test is only counted, not debugged).
+export CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0
 export EXPIRY_STREAM_REDIS=process
 # A failing snapshot or property test must not write into the tree, nor shrink for minutes.
 export INSTA_UPDATE=no PROPTEST_DISABLE_FAILURE_PERSISTENCE=1 PROPTEST_MAX_SHRINK_ITERS=0
@@ -36,7 +40,12 @@ run() { # name, cargo-mutants args...
 
 : >mutants.out/rust-summary.txt
 case $part in
-core | all) run core -f 'src/core/**' "$@" -- --lib --test model ;;&
+core | all)
+    run core -f 'src/core/**' -e src/core/consumer.rs "$@" -- --lib --test model
+    # The consumer's state machine: only the unit tests reach it (tests/model drives the store,
+    # never the machine), and `--lib` alone builds the crate once per mutant instead of twice.
+    run core-consumer -f src/core/consumer.rs "$@" -- --lib
+    ;;&
 io | all)
     # Everything after `--` goes to cargo test; after the second `--`, to the test binaries
     # (the sweeps that must find duplicates with a safety switch off test the checker, not the code).

@@ -711,4 +711,301 @@ mod tests {
         assert_eq!(m.poll(1101), vec![Command::Read { count: 1 }]);
         assert_eq!(m.counts().errors, 1);
     }
+
+    fn claim(entries: Vec<Work>, deleted: &[&str]) -> Input {
+        Input::Claimed(Ok(Claim {
+            next: "0-0".into(),
+            entries,
+            deleted: deleted.iter().map(|d| d.to_string()).collect(),
+        }))
+    }
+
+    fn fail(message: &str, no_group: bool, reconnect: bool) -> Failure {
+        Failure { message: message.into(), no_group, reconnect }
+    }
+
+    fn handled_ids(cmds: &[Command]) -> Vec<String> {
+        cmds.iter()
+            .filter_map(|c| if let Command::Handle { entry_id, .. } = c { Some(entry_id.clone()) } else { None })
+            .collect()
+    }
+
+    fn warnings(cmds: &[Command]) -> Vec<String> {
+        cmds.iter().filter_map(|c| if let Command::Warn(w) = c { Some(w.clone()) } else { None }).collect()
+    }
+
+    #[test]
+    fn reads_grow_up_to_the_batch_without_counting_a_growth_at_the_top_and_halve_step_by_step() {
+        let mut m = Machine::new(settings(4, 4), 0);
+        assert_eq!(m.read_size(), 1);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        assert_eq!((m.read_size(), m.counts().adaptive_growths), (2, 1));
+        m.on(0, Input::Read(Ok(vec![entry(2), entry(3)])));
+        assert_eq!((m.read_size(), m.counts().adaptive_growths), (4, 2));
+        // Full at the top: the size stays at the batch and no growth is counted.
+        m.on(0, Input::Read(Ok(vec![entry(4), entry(5), entry(6), entry(7)])));
+        assert_eq!((m.read_size(), m.counts().adaptive_growths), (4, 2));
+        // Not full: halved (4 -> 2 -> 1), never below one.
+        m.on(0, Input::Read(Ok(vec![entry(8)])));
+        assert_eq!(m.read_size(), 2);
+        m.on(0, Input::Read(Ok(vec![])));
+        assert_eq!(m.read_size(), 1);
+        m.on(0, Input::Read(Ok(vec![])));
+        assert_eq!(m.read_size(), 1);
+    }
+
+    #[test]
+    fn held_counts_every_place_an_entry_can_wait_and_holds_nothing_only_when_all_are_empty() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        assert!(m.holds_nothing());
+        assert_eq!(m.held(), 0);
+        assert_eq!(reads(&m.poll(0)), vec![1]);
+        // Read, not yet taken into a batch: only the read-ahead holds entries.
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2), entry(3)])));
+        assert_eq!(m.held(), 3);
+        assert!(!m.holds_nothing(), "entries read and not started");
+        // One handler runs (concurrency 1), two wait in the batch; the read-ahead is out.
+        let c = m.poll(0);
+        assert_eq!(handled_ids(&c), vec!["1-0"]);
+        assert_eq!(reads(&c), vec![2]);
+        assert_eq!(m.held(), 3);
+        // One finished, one runs, one waits.
+        let c = ok(&mut m, handles(&c)[0]);
+        assert_eq!(handled_ids(&c), vec!["2-0"]);
+        assert_eq!(m.held(), 3);
+        let c = ok(&mut m, handles(&c)[0]);
+        let c = ok(&mut m, handles(&c)[0]);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 3)));
+        assert_eq!(m.held(), 0, "committing: the entries are the commit's now");
+        assert!(!m.holds_nothing(), "a commit is out");
+        // The next batch finishes while the first commit is out: it waits whole.
+        m.on(0, Input::Read(Ok(vec![entry(4)])));
+        let c = m.poll(0);
+        let c = ok(&mut m, handles(&c)[0]);
+        assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))));
+        assert_eq!(m.held(), 1);
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 3])));
+        let c = m.poll(0);
+        assert!(c.contains(&Command::Commit(vec![Handled {
+            entry_id: "4-0".into(),
+            token: 1,
+            event: decode(&entry(4)),
+            effects: vec![],
+        }])));
+        assert_eq!(m.held(), 0);
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
+        m.poll(0);
+        assert!(m.holds_nothing());
+    }
+
+    fn decode(e: &RawEntry) -> Event {
+        crate::core::decode_entry(&e.fields, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn holds_nothing_sees_a_release_not_yet_sent_and_one_not_yet_answered() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        m.on(0, Input::Stop);
+        assert!(m.is_stopping());
+        assert!(!m.holds_nothing(), "to be released");
+        assert_eq!(m.poll(0), vec![Command::Release(vec!["1-0".into()])]);
+        assert!(!m.holds_nothing(), "the release is out");
+        m.on(0, Input::Released(Ok(1)));
+        assert!(m.holds_nothing());
+        assert_eq!(m.poll(0), vec![Command::Done]);
+    }
+
+    #[test]
+    fn a_stopping_machine_wakes_for_nothing() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        assert!(!m.is_stopping());
+        m.poll(0);
+        assert_eq!(m.next_wake(0), Some(1000));
+        m.on(0, Input::Stop);
+        assert!(m.is_stopping());
+        assert_eq!(m.next_wake(0), None, "a read is still out, but no reclaim falls due any more");
+        m.on(0, Input::Read(Ok(vec![])));
+        assert_eq!(m.poll(0), vec![Command::Done]);
+        assert_eq!(m.next_wake(0), None);
+    }
+
+    #[test]
+    fn read_ahead_waits_for_the_batch_and_a_finished_batch_waits_for_the_commit_in_flight() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
+        let c = m.poll(0);
+        assert_eq!((handled_ids(&c), reads(&c)), (vec!["1-0".to_string()], vec![2]));
+        // The read-ahead answers while the batch (1, 2) is handled: it waits for the batch.
+        m.on(0, Input::Read(Ok(vec![entry(3)])));
+        assert_eq!(m.poll(0), vec![], "no handler slot free, nothing more read");
+        let c = ok(&mut m, handles(&c)[0]);
+        assert_eq!(handled_ids(&c), vec!["2-0"], "the batch goes on before the read-ahead");
+        // The batch is over: its commit goes out and the read-ahead becomes the next batch.
+        let c = ok(&mut m, handles(&c)[0]);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 2)));
+        assert_eq!(handled_ids(&c), vec!["3-0"]);
+        assert_eq!(reads(&c), vec![1]);
+        // Entry 4 is read while 3 runs; 3 finishes while the commit of (1, 2) is still out.
+        m.on(0, Input::Read(Ok(vec![entry(4)])));
+        let c = ok(&mut m, handles(&c)[0]);
+        assert_eq!(c, vec![], "3 waits for the commit in flight and 4 for 3's commit");
+        assert_eq!(m.held(), 2);
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 2])));
+        let c = m.poll(0);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1 && v[0].entry_id == "3-0")));
+        assert_eq!(handled_ids(&c), vec!["4-0"]);
+    }
+
+    #[test]
+    fn while_a_reclaim_is_out_nothing_is_read_and_prunes_fall_due_with_reclaims() {
+        let mut s = settings(4, 1);
+        s.prune_every = Some(Duration::from_millis(3000));
+        let mut m = Machine::new(s, 0);
+        let (mut claims, mut prunes) = (vec![], vec![]);
+        for t in (0..=7000).step_by(500) {
+            for c in m.poll(t) {
+                match c {
+                    Command::Read { .. } => {
+                        m.on(t, Input::Read(Ok(vec![])));
+                    }
+                    Command::Claim { .. } => {
+                        claims.push(t);
+                        assert_eq!(m.poll(t), vec![], "the reclaim is out: no read beside it");
+                        m.on(t, claim(vec![], &[]));
+                    }
+                    Command::Prune => prunes.push(t),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(claims, vec![1000, 2000, 3000, 4000, 5000, 6000, 7000]);
+        assert_eq!(prunes, vec![3000, 6000]);
+    }
+
+    #[test]
+    fn a_reclaim_counts_what_it_took_and_warns_of_entries_deleted_while_pending() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        let c = m.on(0, claim(vec![Work { entry: entry(1), token: 2 }, Work { entry: entry(2), token: 3 }], &[]));
+        assert_eq!(c, vec![], "nothing deleted, nothing to say");
+        let c = m.on(0, claim(vec![Work { entry: entry(3), token: 2 }], &["7-0", "8-0"]));
+        assert_eq!(
+            warnings(&c),
+            vec!["2 pending entries were deleted from the stream by another program (dead-lettered): 7-0 8-0"]
+        );
+        assert_eq!((m.counts().reclaimed, m.counts().deleted_while_pending), (3, 2));
+        assert_eq!(m.held(), 3);
+        // Reclaimed entries carry their delivery count.
+        let c = m.poll(0);
+        assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, entry_id, .. } if entry_id == "1-0")));
+    }
+
+    #[test]
+    fn at_stop_a_failed_handler_is_released_not_retried_and_so_is_a_retry_that_answers() {
+        // A transient failure after stop: back at once, no new delivery.
+        let mut m = Machine::new(settings(1, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        let slot = handles(&m.poll(0))[0];
+        m.on(0, Input::Stop);
+        let c = m.on(0, Input::Handled { slot, result: Err(HandlerError::Transient("x".into())), unit: 0.5 });
+        assert_eq!(c, vec![]);
+        assert_eq!(m.poll(0), vec![Command::Release(vec!["1-0".into()])]);
+        m.on(0, Input::Released(Ok(1)));
+        m.on(0, Input::Read(Ok(vec![])));
+        assert_eq!(m.poll(0), vec![Command::Done]);
+        assert_eq!((m.counts().retries, m.counts().released), (0, 1));
+
+        // A retry out at stop: the new delivery is ours but not started, so it goes back.
+        let mut m = Machine::new(settings(1, 1), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![entry(1)])));
+        let slot = handles(&m.poll(0))[0];
+        let c = m.on(0, Input::Handled { slot, result: Err(HandlerError::Transient("x".into())), unit: 0.5 });
+        assert!(matches!(&c[..], [Command::Retry { token: 1, .. }]));
+        m.on(0, Input::Stop);
+        assert_eq!(m.on(0, Input::Retried { slot, result: Ok(Some(2)) }), vec![]);
+        assert_eq!(m.poll(0), vec![Command::Release(vec!["1-0".into()])]);
+        assert_eq!(m.counts().retries, 1);
+    }
+
+    #[test]
+    fn every_reply_is_counted_and_every_failed_call_is_an_error_with_a_warning() {
+        let mut m = Machine::new(settings(8, 8), 0);
+        m.poll(0);
+        m.on(0, Input::Read(Ok((1..=4).map(entry).collect())));
+        let c = m.poll(0);
+        let s = handles(&c);
+        assert_eq!(s.len(), 4);
+        let transient = || Err(HandlerError::Transient("x".into()));
+        let permanent = || Err(HandlerError::Permanent("no".into()));
+        // 0: retry fails; 1: its dead letter is fenced; 2: its dead letter fails; 3: handled.
+        m.on(0, Input::Handled { slot: s[0], result: transient(), unit: 0.5 });
+        let c = m.on(0, Input::Retried { slot: s[0], result: Err(fail("gone", false, false)) });
+        assert_eq!(warnings(&c), vec!["retry of 1-0 failed: gone"]);
+        m.on(0, Input::Handled { slot: s[1], result: permanent(), unit: 0.5 });
+        assert_eq!(m.on(0, Input::DeadLettered { slot: s[1], result: Ok(false) }), vec![]);
+        m.on(0, Input::Handled { slot: s[2], result: permanent(), unit: 0.5 });
+        let c = m.on(0, Input::DeadLettered { slot: s[2], result: Err(fail("io", false, false)) });
+        assert_eq!(warnings(&c), vec!["dead-letter failed: io"]);
+        ok(&mut m, s[3]);
+        let c = m.on(0, Input::Committed(Err(fail("timeout", false, false))));
+        assert_eq!(warnings(&c), vec!["commit failed: timeout"]);
+        let c = m.on(
+            0,
+            Input::Committed(Ok(vec![
+                CommitOutcome::Committed,
+                CommitOutcome::AlreadyApplied,
+                CommitOutcome::AlreadyApplied,
+                CommitOutcome::NotOwner,
+                CommitOutcome::EffectsRefused("WRONGTYPE".into()),
+                CommitOutcome::PartiallyApplied("ERR half".into()),
+                CommitOutcome::PartiallyApplied("ERR other half".into()),
+            ])),
+        );
+        assert_eq!(
+            warnings(&c),
+            vec![
+                "an entry was PARTIALLY APPLIED and dead-lettered: ERR half",
+                "an entry was PARTIALLY APPLIED and dead-lettered: ERR other half"
+            ]
+        );
+        m.on(0, Input::Stop);
+        let c = m.on(0, Input::Released(Err(fail("reset", false, false))));
+        assert_eq!(warnings(&c), vec!["release failed: reset"]);
+        assert_eq!(
+            m.counts(),
+            &Counts {
+                committed: 1,
+                duplicates_suppressed: 2,
+                fenced: 2,
+                dead_lettered: 3,
+                effects_refused: 1,
+                partially_applied: 2,
+                retries: 1,
+                adaptive_growths: 1,
+                errors: 4,
+                ..Counts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_read_reconnects_a_failed_reclaim_only_when_asked_and_a_lost_group_is_created_again() {
+        let mut m = Machine::new(settings(4, 1), 0);
+        m.poll(0);
+        let c = m.on(0, Input::Read(Err(fail("broken pipe", false, false))));
+        assert_eq!(c, vec![Command::Warn("read failed: broken pipe".into()), Command::Reconnect]);
+        let c = m.on(0, Input::Claimed(Err(fail("busy", false, false))));
+        assert_eq!(c, vec![Command::Warn("reclaim failed: busy".into())]);
+        let c = m.on(0, Input::Claimed(Err(fail("NOGROUP", true, false))));
+        assert_eq!(c, vec![Command::EnsureGroup, Command::Reconnect]);
+        let c = m.on(0, Input::Read(Err(fail("NOGROUP", true, false))));
+        assert_eq!(c, vec![Command::EnsureGroup, Command::Reconnect]);
+        assert_eq!(m.counts().errors, 4);
+        assert!(m.poll(99).is_empty(), "paused for 100 ms after the last failure");
+        assert_eq!(m.poll(100), vec![Command::Read { count: 1 }]);
+    }
 }

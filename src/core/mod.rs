@@ -8,6 +8,7 @@ pub mod sync;
 
 pub use handler::{Delivery, Handler, HandlerError, HandlerFuture};
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn key_lossy(&self) -> std::borrow::Cow<'_, str> {
+    pub fn key_lossy(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.key)
     }
 }
@@ -447,6 +448,109 @@ mod tests {
         {
             assert_eq!(parse_notification(bad, b"k"), None, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_nine_digit_database_number_is_read_and_ten_digits_are_not() {
+        // The longest database number read is nine digits (it fits a u32 without overflow).
+        let n = parse_notification(b"__keyevent@123456789__:expired", b"k").unwrap();
+        assert_eq!((n.db, n.event.as_slice(), n.key.as_slice()), (123456789, b"expired".as_slice(), b"k".as_slice()));
+        let n = parse_notification(b"__keyspace@999999999__:k", b"expired").unwrap();
+        assert_eq!((n.db, n.key.as_slice()), (999999999, b"k".as_slice()));
+        assert_eq!(parse_notification(b"__keyevent@1234567890__:expired", b"k"), None);
+        assert_eq!(parse_notification(b"__keyspace@0000000000__:k", b"expired"), None);
+    }
+
+    #[test]
+    fn ledger_buckets_are_the_floor_of_the_deadline_over_the_bucket() {
+        // The same bucket as commit.lua's math.floor(deadline / bucket).
+        assert_eq!(ledger_bucket(0, 1000), 0);
+        assert_eq!(ledger_bucket(999, 1000), 0);
+        assert_eq!(ledger_bucket(1000, 1000), 1);
+        assert_eq!(ledger_bucket(1_732_600_000_123, 60_000), 28_876_666);
+        assert_eq!(ledger_bucket(-1, 1000), -1, "floor, not truncation");
+        assert_eq!(ledger_bucket(7, 0), 7, "a bucket below 1 ms is 1 ms");
+        assert_eq!(ledger_bucket(7, -5), 7);
+    }
+
+    #[test]
+    fn shown_bytes_are_cut_after_sixty_four_bytes_on_a_character_boundary() {
+        let a64 = "a".repeat(64);
+        assert_eq!(show(a64.as_bytes()), a64, "exactly 64 bytes are shown whole");
+        assert_eq!(show(format!("{a64}b").as_bytes()), format!("{a64}..."));
+        // "é" is two bytes: byte 64 falls inside the one that starts at byte 63.
+        let cut = format!("{}é{}", "a".repeat(63), "z".repeat(10));
+        assert_eq!(show(cut.as_bytes()), format!("{}...", "a".repeat(63)));
+        assert_eq!(show(b"\xffk"), "\u{fffd}k");
+        assert_eq!(
+            DecodeError::Unknown(show(format!("{a64}x").as_bytes())).to_string(),
+            format!("unknown field `{a64}...`")
+        );
+    }
+
+    #[test]
+    fn keys_and_effects_are_shown_lossily() {
+        let mut e = ev();
+        assert_eq!(e.key_lossy(), "es:key:42");
+        e.key = b"k\xff".to_vec();
+        assert_eq!(e.key_lossy(), "k\u{fffd}");
+        let long = "v".repeat(70);
+        let fx = Effect::new("HSET", [b"h".as_slice(), b"f", long.as_bytes()]);
+        assert_eq!(fx.args.len(), 4);
+        assert_eq!(fx.to_string(), format!("HSET h f {}...", "v".repeat(64)));
+        assert_eq!(Effect::new("PING", Vec::<&[u8]>::new()).to_string(), "PING");
+    }
+
+    #[test]
+    fn zero_is_a_valid_deadline_and_capture_time_and_a_payload_may_be_exactly_the_limit() {
+        let mut e = ev();
+        e.deadline_ms = 0;
+        e.captured_ms = 0;
+        e.event_id = event_id(&e.key, 0);
+        e.payload = b"four".to_vec();
+        assert_eq!(decode_entry(&encode_entry(&e), 4), Ok(e.clone()));
+        assert_eq!(decode_entry(&encode_entry(&e), 3), Err(DecodeError::Oversized { len: 4, limit: 3 }));
+    }
+
+    #[test]
+    fn every_via_tag_round_trips_and_nothing_else_is_a_tag() {
+        for via in [Via::Notification, Via::Sweeper, Via::Write] {
+            assert_eq!(Via::from_tag(via.tag().as_bytes()), Some(via));
+            let mut e = ev();
+            e.via = via;
+            assert_eq!(decode_entry(&encode_entry(&e), 1024), Ok(e));
+        }
+        assert_eq!((Via::Notification.tag(), Via::Sweeper.tag(), Via::Write.tag()), ("n", "s", "w"));
+        for bad in [&b""[..], b"x", b"N", b"ns"] {
+            assert_eq!(Via::from_tag(bad), None);
+        }
+    }
+
+    #[test]
+    fn commit_codes_name_their_outcomes_and_only_refused_or_partial_entries_are_dead_lettered() {
+        assert_eq!(CommitOutcome::from_code(1), Some(CommitOutcome::Committed));
+        assert_eq!(CommitOutcome::from_code(2), Some(CommitOutcome::AlreadyApplied));
+        assert_eq!(CommitOutcome::from_code(3), Some(CommitOutcome::NotOwner));
+        for c in [0, 4, 5, -1] {
+            assert_eq!(CommitOutcome::from_code(c), None, "{c}");
+        }
+        let r = || "ERR why".to_string();
+        assert_eq!(CommitOutcome::from_code_reason(4, r()), Some(CommitOutcome::EffectsRefused(r())));
+        assert_eq!(CommitOutcome::from_code_reason(5, r()), Some(CommitOutcome::PartiallyApplied(r())));
+        for c in [1, 2, 3, 6] {
+            assert_eq!(CommitOutcome::from_code_reason(c, r()), None, "{c}");
+        }
+        let dead: Vec<_> = [
+            CommitOutcome::Committed,
+            CommitOutcome::AlreadyApplied,
+            CommitOutcome::NotOwner,
+            CommitOutcome::EffectsRefused(r()),
+            CommitOutcome::PartiallyApplied(r()),
+        ]
+        .iter()
+        .map(CommitOutcome::dead_lettered)
+        .collect();
+        assert_eq!(dead, [false, false, false, true, true]);
     }
 
     #[test]
