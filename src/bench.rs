@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::store::notify::Push;
-use crate::store::server::Server;
+use crate::store::server::{Server, ServerCpu};
 
 /// How fast the server itself turns SET-with-TTL keys into `expired` notifications.
 #[derive(Clone, Debug, Serialize)]
@@ -126,4 +126,108 @@ pub async fn memory(url: &str, n: u64) -> anyhow::Result<Memory> {
         per_pending_entry_bytes: per(pending_bytes),
         per_ledger_id_bytes: per(ledger_bytes),
     })
+}
+
+/// This process's CPU time so far (user + system), µs, from `/proc/self/stat` (Linux; clock
+/// ticks of 10 ms, fine over runs of seconds). None elsewhere.
+pub fn process_cpu_us() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 1e6 / 100.0)
+}
+
+/// What a stretch of work cost, per event.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cost {
+    pub events: u64,
+    /// The server's `used_cpu_user` + `used_cpu_sys` over the stretch, per event.
+    pub redis_cpu_us_per_event: f64,
+    /// This process's CPU (every task of the pipeline: producer, capture, consumers, oracle
+    /// handler), per event.
+    pub client_cpu_us_per_event: Option<f64>,
+    /// Per command class (`INFO commandstats` deltas): calls and server µs per event, the
+    /// busiest first.
+    pub commands: Vec<CommandCost>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandCost {
+    pub command: String,
+    pub calls_per_event: f64,
+    pub us_per_event: f64,
+}
+
+impl Cost {
+    pub fn between(before: &ServerCpu, after: &ServerCpu, client: (Option<f64>, Option<f64>), events: u64) -> Cost {
+        let n = events.max(1) as f64;
+        let mut commands: Vec<CommandCost> = after
+            .commands
+            .iter()
+            .filter_map(|(name, (calls, usec))| {
+                let (c0, u0) = before.commands.get(name).copied().unwrap_or((0, 0));
+                let calls = calls.saturating_sub(c0);
+                (calls > 0).then(|| CommandCost {
+                    command: name.clone(),
+                    calls_per_event: calls as f64 / n,
+                    us_per_event: usec.saturating_sub(u0) as f64 / n,
+                })
+            })
+            .collect();
+        commands.sort_by(|a, b| b.us_per_event.total_cmp(&a.us_per_event));
+        Cost {
+            events,
+            redis_cpu_us_per_event: (after.used_cpu_us - before.used_cpu_us).max(0.0) / n,
+            client_cpu_us_per_event: match client {
+                (Some(a), Some(b)) => Some((b - a).max(0.0) / n),
+                _ => None,
+            },
+            commands,
+        }
+    }
+
+    /// One line: the totals and the three busiest command classes.
+    pub fn line(&self) -> String {
+        let top: Vec<String> = self
+            .commands
+            .iter()
+            .take(3)
+            .map(|c| format!("{} {:.2} calls {:.1} us", c.command, c.calls_per_event, c.us_per_event))
+            .collect();
+        let client = self.client_cpu_us_per_event.map_or("n/a".into(), |c| format!("{c:.1} us"));
+        format!(
+            "redis CPU {:.1} us/event, client CPU {client}/event; busiest per event: {}",
+            self.redis_cpu_us_per_event,
+            top.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_the_difference_per_event_busiest_first() {
+        let before = ServerCpu { used_cpu_us: 1_000.0, commands: [("evalsha".to_string(), (10, 100))].into() };
+        let after = ServerCpu {
+            used_cpu_us: 3_000.0,
+            commands: [("evalsha".to_string(), (30, 500)), ("xreadgroup".to_string(), (40, 800))].into(),
+        };
+        let c = Cost::between(&before, &after, (Some(100.0), Some(300.0)), 20);
+        assert_eq!(c.redis_cpu_us_per_event, 100.0);
+        assert_eq!(c.client_cpu_us_per_event, Some(10.0));
+        assert_eq!(c.commands[0].command, "xreadgroup");
+        assert_eq!((c.commands[1].calls_per_event, c.commands[1].us_per_event), (1.0, 20.0));
+    }
+
+    #[test]
+    fn process_cpu_reads_this_process() {
+        if cfg!(target_os = "linux") {
+            assert!(process_cpu_us().is_some());
+        }
+    }
 }

@@ -377,8 +377,12 @@ async fn main() -> anyhow::Result<()> {
             let store = Store::connect(&url, &common.ns, &common.group).await?;
             let mut cfg = run_config(&throughput, 1, 1, 120);
             cfg.workload = WorkloadConfig { keys, ttl_ms, delay_us: 0, ..WorkloadConfig::default() };
+            let (cpu0, client0) = (admin.cpu().await?, bench::process_cpu_us());
             let r = run::run(&store, &cfg, &desc).await?;
+            let (cpu1, client1) = (admin.cpu().await?, bench::process_cpu_us());
+            let cost = bench::Cost::between(&cpu0, &cpu1, (client0, client1), r.oracle.created);
             println!("{}", r.summary());
+            println!("(a) cost: {}", cost.line());
             let ratio = r.rate_keys_per_s / own.rate_keys_per_s.max(1e-9);
             println!(
                 "(a) redis expire+notify: {:.0} keys/s ({} of {} notifications in {:.2} s); pipeline end-to-end: {:.0} keys/s; ratio pipeline/redis: {:.2}",
@@ -415,7 +419,12 @@ async fn main() -> anyhow::Result<()> {
                 hour_ids * mem.per_ledger_id_bytes / 1073741824.0
             );
             if let Some(p) = report {
-                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": r, "ratio": ratio, "precision": precision, "memory": mem });
+                // The pipeline's report with its cost beside its rate (`pipeline.redis_cpu_us_per_event`).
+                let mut pipeline = serde_json::to_value(&r)?;
+                pipeline["redis_cpu_us_per_event"] = serde_json::json!(cost.redis_cpu_us_per_event);
+                pipeline["client_cpu_us_per_event"] = serde_json::json!(cost.client_cpu_us_per_event);
+                pipeline["cost"] = serde_json::to_value(&cost)?;
+                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": pipeline, "ratio": ratio, "precision": precision, "memory": mem });
                 write_json(&p, &v)?;
             }
             if let Some(s) = server {

@@ -55,6 +55,15 @@ impl Server {
         memory_info_on(&mut self.conn.clone(), field).await
     }
 
+    /// The server's CPU time so far (`INFO cpu`: `used_cpu_user` + `used_cpu_sys`, in µs)
+    /// and its per-command totals (`INFO commandstats`: command -> (calls, µs)).
+    pub async fn cpu(&self) -> Result<ServerCpu> {
+        let c = &mut self.conn.clone();
+        let cpu: String = redis::cmd("INFO").arg("cpu").query_async(c).await?;
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(c).await?;
+        Ok(ServerCpu::parse(&cpu, &stats))
+    }
+
     /// `MEMORY USAGE key SAMPLES 0` (every element counted); 0 when the key does not exist.
     pub async fn memory_usage(&self, key: &str) -> Result<i64> {
         let v: Option<i64> = redis::cmd("MEMORY")
@@ -121,6 +130,39 @@ impl Server {
     }
 }
 
+/// What the server had spent at one moment; subtract two to cost a stretch of work.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerCpu {
+    /// `used_cpu_user` + `used_cpu_sys`, µs (the main thread and the others).
+    pub used_cpu_us: f64,
+    /// `cmdstat_<name>`: (calls, usec). Time inside scripts is counted under `evalsha` and
+    /// also under each command the script called.
+    pub commands: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl ServerCpu {
+    pub fn parse(cpu: &str, commandstats: &str) -> ServerCpu {
+        let field = |name: &str| -> f64 {
+            let prefix = format!("{name}:");
+            cpu.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+        };
+        let mut commands = std::collections::BTreeMap::new();
+        for line in commandstats.lines() {
+            // cmdstat_set:calls=3,usec=12,usec_per_call=4.00,rejected_calls=0,failed_calls=0
+            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+            let get = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                    .and_then(|v| v.parse().ok())
+            };
+            if let (Some(calls), Some(usec)) = (get("calls"), get("usec")) {
+                commands.insert(name.to_string(), (calls, usec));
+            }
+        }
+        ServerCpu { used_cpu_us: (field("used_cpu_user") + field("used_cpu_sys")) * 1e6, commands }
+    }
+}
+
 impl Store {
     /// A server connection of its own to this store's server (as [`Store::dedicated`]: no
     /// response timeout), for server-wide commands such as the chaos faults'.
@@ -150,4 +192,20 @@ pub(super) async fn set_expiring_on(
         p.cmd("SET").arg(k).arg(value).arg("PX").arg(ttl.as_millis() as u64).ignore();
     }
     Ok(p.query_async::<()>(c).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerCpu;
+
+    #[test]
+    fn server_cpu_parses_info_cpu_and_commandstats() {
+        let cpu = "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n";
+        let stats = "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=250,usec_per_call=25.00,rejected_calls=0,failed_calls=0\r\ncmdstat_set:calls=3,usec=12,usec_per_call=4.00\r\nnot a line\r\n";
+        let c = ServerCpu::parse(cpu, stats);
+        assert_eq!(c.used_cpu_us, 3_750_000.0);
+        assert_eq!(c.commands.get("evalsha"), Some(&(10, 250)));
+        assert_eq!(c.commands.get("set"), Some(&(3, 12)));
+        assert_eq!(c.commands.len(), 2);
+    }
 }
