@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,57 +80,22 @@ impl ConsumerConfig {
     }
 }
 
-/// What one consumer did, counted from the store's replies by the state machine
-/// ([`crate::core::consumer::Counts`]) and published here for the process's reports.
+/// What one consumer did: the state machine's own counts ([`Counts`], from the store's
+/// replies), published after every step for the process's reports. One per consumer.
 #[derive(Debug, Default)]
-pub struct ConsumerStats {
-    pub committed: AtomicU64,
-    pub duplicates_suppressed: AtomicU64,
-    pub fenced: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub retries: AtomicU64,
-    pub reclaimed: AtomicU64,
-    pub released: AtomicU64,
-    /// Of `released`: entries read ahead and handed back at shutdown.
-    pub readahead_released: AtomicU64,
-    /// Reads that doubled in size because the previous one came back full.
-    pub adaptive_growths: AtomicU64,
-    pub errors: AtomicU64,
-    /// Pending entries XAUTOCLAIM found deleted from the stream (dead-lettered by claim.lua).
-    pub deleted_while_pending: AtomicU64,
-    /// Entries whose effects could not apply (dead-lettered by the commit script).
-    pub effects_refused: AtomicU64,
-    /// Entries an effect failed for after the pre-flight passed (dead-lettered, loudly).
-    pub partially_applied: AtomicU64,
-}
+pub struct ConsumerStats(std::sync::Mutex<Counts>);
 
 impl ConsumerStats {
-    /// Adds what the machine counted since `seen`, and moves `seen` up to `now`.
-    fn absorb(&self, seen: &mut Counts, now: &Counts) {
-        macro_rules! add {
-            ($($f:ident),*) => {$(
-                let d = now.$f - seen.$f;
-                if d > 0 {
-                    self.$f.fetch_add(d, Ordering::Relaxed);
-                }
-            )*};
+    /// The counts as of the consumer's last step.
+    pub fn snapshot(&self) -> Counts {
+        self.0.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn publish(&self, now: &Counts) {
+        match self.0.lock() {
+            Ok(mut c) => c.clone_from(now),
+            Err(p) => p.into_inner().clone_from(now),
         }
-        add!(
-            committed,
-            duplicates_suppressed,
-            fenced,
-            dead_lettered,
-            retries,
-            reclaimed,
-            released,
-            readahead_released,
-            adaptive_growths,
-            errors,
-            deleted_while_pending,
-            effects_refused,
-            partially_applied
-        );
-        *seen = now.clone();
     }
 }
 
@@ -185,7 +149,6 @@ pub async fn run_consumer(
     let now = || t0.elapsed().as_millis() as i64;
     let mut m = Machine::new(settings(&cfg, prune), now());
     let mut ops: FuturesUnordered<Op> = FuturesUnordered::new();
-    let mut seen = Counts::default();
     let mut stop_sent = false;
     let mut cmds = vec![];
     loop {
@@ -278,12 +241,12 @@ pub async fn run_consumer(
                 }
                 Command::Warn(w) => eprintln!("{name}: {w}"),
                 Command::Done => {
-                    stats.absorb(&mut seen, m.counts());
+                    stats.publish(m.counts());
                     return Ok(());
                 }
             }
         }
-        stats.absorb(&mut seen, m.counts());
+        stats.publish(m.counts());
         let wake = m.next_wake(now()).map(|t| t0 + Duration::from_millis(t as u64));
         let input = tokio::select! {
             Some(input) = ops.next(), if !ops.is_empty() => Some(input),

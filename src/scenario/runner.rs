@@ -475,6 +475,7 @@ async fn produce(
     t0: Instant,
 ) -> anyhow::Result<()> {
     let w = &s.workload;
+    // `ttl_ms` is the producer's TTL under `TtlPlan::Fixed`; a uniform plan draws each key's.
     let (ttl_ms, ttl) = match w.ttl {
         Ttl::Fixed { ms } => (ms, crate::workload::TtlPlan::Fixed),
         Ttl::Uniform { min_ms, max_ms } => {
