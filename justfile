@@ -167,7 +167,8 @@ differential:
 
 # Chaos scenarios (scenarios/*.toml) against real Redis, pipeline as separate processes; each report must match its snapshot.
 chaos:
-    cargo test --test chaos -- --test-threads=1
+    rm -f ${CARGO_TARGET_DIR:-target}/tmp/chaos/FAILED.txt
+    cargo test --test chaos -- --test-threads=1 || { echo "chaos: failed scenarios:"; cat ${CARGO_TARGET_DIR:-target}/tmp/chaos/FAILED.txt 2>/dev/null; exit 101; }
 
 # Run the chaos scenarios and accept their reports as the new snapshots (review the diff before committing).
 chaos-accept:

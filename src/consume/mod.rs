@@ -156,7 +156,11 @@ pub async fn run_consumer(
             stop_sent = true;
             cmds.extend(m.on(now(), Input::Stop));
         }
-        cmds.extend(m.poll(now()));
+        // The machine's due times are judged at this poll. Some commands run inline and may
+        // take long (a reconnect waits up to its timeout): the next wake-up is asked for as of
+        // this poll, so a pause or a reclaim that fell due meanwhile is polled at once, not lost.
+        let polled_at = now();
+        cmds.extend(m.poll(polled_at));
         for c in cmds.drain(..) {
             match c {
                 Command::Read { count } => {
@@ -247,17 +251,15 @@ pub async fn run_consumer(
             }
         }
         stats.publish(m.counts());
-        let wake = m.next_wake(now()).map(|t| t0 + Duration::from_millis(t as u64));
+        let wake = m.next_wake(polled_at).map(|t| t0 + Duration::from_millis(t as u64));
+        // Nothing out and nothing due cannot happen while the machine runs (a read is always out
+        // or due); should it, the machine is polled again shortly rather than waited on forever.
+        let idle = ops.is_empty() && wake.is_none();
         let input = tokio::select! {
             Some(input) = ops.next(), if !ops.is_empty() => Some(input),
             _ = stop.changed(), if !stop_sent => None,
             _ = tokio::time::sleep_until(wake.unwrap_or(t0)), if wake.is_some() => None,
-            else => {
-                // Nothing out and nothing due: cannot happen while the machine runs (a read is
-                // always out or due); a short wait keeps a bug from spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                None
-            }
+            _ = tokio::time::sleep(Duration::from_millis(100)), if idle => None,
         };
         if let Some(input) = input {
             cmds = m.on(now(), input);

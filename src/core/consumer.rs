@@ -515,7 +515,10 @@ impl Machine {
     }
 
     /// When the machine next wants [`Machine::poll`] although no input arrived (a reclaim
-    /// falls due, a pause after an error ends), or `None`.
+    /// falls due, a pause after an error ends), or `None`. Ask with the time of the last
+    /// `poll`: a time already past by the time the driver waits means "poll at once" (a driver
+    /// that asks with a later clock, after slow work of its own, gets `None` for what fell due
+    /// in between and would wait for an input that never comes).
     pub fn next_wake(&self, now: i64) -> Option<i64> {
         if self.stopping || self.done {
             return None;

@@ -274,6 +274,11 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
             s.drain_timeout_s,
             store.backlog().await.ok()
         );
+        // Who is connected and what each connection is doing: a consumer blocked on a read
+        // shows `cmd=xreadgroup`; one missing from the list waits on a connection Redis lost.
+        if let Ok(list) = store.client_list().await {
+            eprintln!("scenario {}: CLIENT LIST when the drain timed out:\n{list}", s.name);
+        }
     }
 
     // Stop everything gracefully (consumers finish and commit what they started).

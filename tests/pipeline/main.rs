@@ -591,3 +591,42 @@ async fn a_repeated_batch_is_written_and_recorded_once() {
     let want = vec![format!("{}:once:1", first[0]), format!("{}:once:2", first[1]), format!("{}:once:1", first[0])];
     assert_eq!(ledger, want);
 }
+
+/// A consumer whose connections are reset reconnects inline; when that reconnect outlasts the
+/// error pause and the next reclaim's due time (here: new connections hear nothing for a
+/// second, as through a partition or a restarting container), the consumer must still read
+/// again. It once waited for nothing but a stop: the driver asked the machine for its next
+/// wake-up after the slow reconnect, both due times were already past, so there was none (seen
+/// in CI as `redis-restart-aof-*` never draining).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_again_after_a_reconnect_slower_than_its_pauses() {
+    use expiry_stream::scenario::proxy::{host_port, Proxy};
+    let ctx = Ctx::new("slowreconnect").await;
+    let proxy = Proxy::start("consumers", &host_port(&ctx.server.url).unwrap()).await.unwrap();
+    let via_proxy = expiry_stream::store::Store::connect(&proxy.url(), "slowreconnect", "g").await.unwrap();
+    let cfg = ConsumerConfig { claim_interval: Duration::from_millis(300), ..fast_consumers() };
+    let mut run = Running::default();
+    run.consumers(&via_proxy, 1, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &cfg);
+    let batch = |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("slow:{tag}:{i}")).collect() };
+    let first = batch(20, "a");
+    ctx.create(&first.iter().map(|k| (k.as_str(), "v", 10)).collect::<Vec<_>>()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ctx.store.sweep(1000).await.unwrap();
+    ctx.until("the first batch drained", WAIT, || ctx.drained()).await;
+
+    // Reset the consumer's connections while new ones hear nothing: its read fails at once,
+    // and its reconnect waits until the cut heals a second later (and fails then).
+    proxy.cut();
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.heal();
+    assert!(proxy.stats().connections_reset.load(std::sync::atomic::Ordering::Relaxed) >= 2, "nothing was reset");
+
+    let second = batch(20, "b");
+    ctx.create(&second.iter().map(|k| (k.as_str(), "v", 10)).collect::<Vec<_>>()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ctx.store.sweep(1000).await.unwrap();
+    ctx.until("the second batch drained: the consumer reads again", Duration::from_secs(15), || ctx.drained()).await;
+    run.shutdown().await.unwrap();
+    verdict_ok(&ctx, 40, 0).await;
+}
