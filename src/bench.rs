@@ -86,10 +86,10 @@ pub struct Memory {
 
 /// Measures [`Memory`] on namespace `ns` of a Redis it may flush.
 pub async fn memory(url: &str, n: u64) -> anyhow::Result<Memory> {
-    use crate::store::Store;
+    use crate::store::RedisStore;
     let server = Server::connect(url).await?;
     server.flushall().await?;
-    let store = Store::connect(url, "mem", "g").await?;
+    let store = RedisStore::connect(url, "mem", "g").await?;
     store.ensure_group().await?;
     let m0 = server.memory_info("used_memory").await?;
     let items = |ttl: Duration, from: u64| -> Vec<(Vec<u8>, Vec<u8>, Duration)> {

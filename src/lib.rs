@@ -7,7 +7,7 @@
 //! - [`core`]: the pure protocol: event ids, entry encoding, commit outcomes, backoff, and the
 //!   handler contract ([`core::Handler`]). No I/O; imports no other module of the crate.
 //! - [`store`]: the only code that speaks Redis; every multi-step change is one Lua script.
-//!   Harness and fault commands too go through it ([`store::server::Server`], `Store` methods).
+//!   Harness and fault commands too go through it ([`store::server::Server`], `RedisStore` methods).
 //! - [`capture`]: keyspace-notification listeners and deadline-index sweepers. Never emit
 //!   directly: they call the capture script, whose index removal is the deduplication.
 //! - [`consume`]: consumers (running [`consume::Handler`]s), reclaim, retries, dead letters.
@@ -33,8 +33,8 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use std::time::Duration;
-//! use expiry_stream::store::Store;
-//! let store = Store::connect("redis://127.0.0.1/", "orders", "expiry").await?;
+//! use expiry_stream::store::RedisStore;
+//! let store = RedisStore::connect("redis://127.0.0.1/", "orders", "expiry").await?;
 //! // The key, its deadline index entry and its payload, in one atomic script.
 //! let deadlines = store
 //!     .write_batch(&[(b"order:42".to_vec(), b"cancel-if-unpaid".to_vec(), Duration::from_secs(30))])

@@ -16,7 +16,7 @@ use expiry_stream::oracle::{self, RecordHandler};
 use expiry_stream::provision::{Choice, RedisServer};
 use expiry_stream::run::{self, RunConfig, Running};
 use expiry_stream::store::server::Server;
-use expiry_stream::store::{LedgerConfig, Store};
+use expiry_stream::store::{LedgerConfig, RedisStore};
 use expiry_stream::workload::{self, WorkloadConfig};
 
 #[derive(Parser)]
@@ -260,7 +260,7 @@ fn write_json(p: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<
     Ok(())
 }
 
-fn handler_named(name: &str, store: &Store, work_ms: u64) -> anyhow::Result<Arc<dyn Handler>> {
+fn handler_named(name: &str, store: &RedisStore, work_ms: u64) -> anyhow::Result<Arc<dyn Handler>> {
     match name {
         "record" => Ok(RecordHandler::new(store, Duration::from_millis(work_ms))),
         other => anyhow::bail!("unknown handler {other:?}; available: record"),
@@ -274,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run { common, workload, consumers, listeners, sweepers, report, drain_timeout_s } => {
             let (server, url) = provision(&common).await?;
-            let store = Store::connect(&url, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url, &common.ns, &common.group).await?;
             let mut cfg = run_config(&consumers, listeners, sweepers, drain_timeout_s);
             cfg.workload = WorkloadConfig {
                 keys: workload.keys,
@@ -321,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
                 (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
                 _ => u.clone(),
             };
-            let store = Store::connect(&u, &common.ns, &common.group)
+            let store = RedisStore::connect(&u, &common.ns, &common.group)
                 .await
                 .with_context(|| format!("produce: cannot connect to Redis at {shown}"))?;
             if wipe {
@@ -340,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         Cmd::Capture { common, listeners, sweepers, workload_only } => {
-            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url(&common)?, &common.ns, &common.group).await?;
             store.ensure_group().await?;
             match capture::ensure_notifications(&store).await {
                 capture::NotifyConfig::NotPermitted(e) => eprintln!("warning: {} ({e})", capture::NOTIFY_HELP),
@@ -355,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
             r.until_signal().await?;
         }
         Cmd::Consume { common, consumers, handler, name } => {
-            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url(&common)?, &common.ns, &common.group).await?;
             store.ensure_group().await?;
             let h = handler_named(&handler, &store, consumers.work_ms)?;
             let mut r = Running::default();
@@ -374,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
             consumers.work_ms = 0;
             let mut throughput = consumers.clone();
             throughput.batch = bench_batch.max(1);
-            let store = Store::connect(&url, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url, &common.ns, &common.group).await?;
             let mut cfg = run_config(&throughput, 1, 1, 120);
             cfg.workload = WorkloadConfig { keys, ttl_ms, delay_us: 0, ..WorkloadConfig::default() };
             let (cpu0, client0) = (admin.cpu().await?, bench::process_cpu_us());
@@ -437,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Sim(args) => std::process::exit(expiry_stream::sim::main(args).await?),
         Cmd::Scenario(args) => std::process::exit(expiry_stream::scenario::main(args).await?),
         Cmd::Status { common } => {
-            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url(&common)?, &common.ns, &common.group).await?;
             let b = store.backlog().await?;
             println!(
                 "namespace {}: tracked keys {}, stream entries {}, pending {}",
@@ -457,7 +457,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Check { common, expect_dead_letters, json } => {
-            let store = Store::connect(&url(&common)?, &common.ns, &common.group).await?;
+            let store = RedisStore::connect(&url(&common)?, &common.ns, &common.group).await?;
             let c = oracle::check(&store).await?;
             println!("{}", serde_json::to_string_pretty(&c)?);
             if let Some(p) = json {

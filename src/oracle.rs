@@ -20,7 +20,7 @@ use crate::core::{
     event_id, Delivery, Effect, Event, Handler, HandlerError, HandlerFuture, Via, DELETED_WHILE_PENDING,
 };
 use crate::store::ledgers::{OtherDb, SinkKeys};
-use crate::store::{Store, StoreError};
+use crate::store::{RedisStore, StoreError};
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -28,17 +28,21 @@ pub fn now_ms() -> i64 {
 
 /// Appends created events to the created ledger (`{ns}:oracle:created`), one
 /// `"<deadline>:<key>"` record each.
-pub async fn record_created(store: &Store, events: &[(&[u8], i64)]) -> crate::store::Result<()> {
+pub async fn record_created(store: &RedisStore, events: &[(&[u8], i64)]) -> crate::store::Result<()> {
     store.append_list(&store.keys.created, &created_records(events)).await
 }
 
 /// [`record_created`] applied at most once per `batch_id`: the append is guarded by the key
 /// `{ns}:oracle:cb:<batch_id>` (kept for [`crate::store::BATCH_RECORD_TTL`]) in the same atomic
-/// call ([`Store::append_list_once`]), so a caller whose reply was lost can repeat the call
+/// call ([`RedisStore::append_list_once`]), so a caller whose reply was lost can repeat the call
 /// without doubling the records. Returns false when the batch had already been recorded. The
 /// guard lives beside the ledger, in the oracle's own keys, and the call uses none of the
 /// library's scripts: the oracle stays independent of the write path it judges.
-pub async fn record_created_once(store: &Store, batch_id: &str, events: &[(&[u8], i64)]) -> crate::store::Result<bool> {
+pub async fn record_created_once(
+    store: &RedisStore,
+    batch_id: &str,
+    events: &[(&[u8], i64)],
+) -> crate::store::Result<bool> {
     let guard = format!("{{{}}}:oracle:cb:{batch_id}", store.keys.ns);
     store.append_list_once(&store.keys.created, &guard, crate::store::BATCH_RECORD_TTL, &created_records(events)).await
 }
@@ -66,7 +70,7 @@ pub struct RecordHandler {
 }
 
 impl RecordHandler {
-    pub fn new(store: &Store, work: Duration) -> Arc<RecordHandler> {
+    pub fn new(store: &RedisStore, work: Duration) -> Arc<RecordHandler> {
         Arc::new(RecordHandler { effects_key: store.keys.effects.clone(), work, witness: Witness::new(store) })
     }
 }
@@ -87,7 +91,7 @@ impl Handler for RecordHandler {
 
 /// Where the oracle's witnesses live: the database after the pipeline's own (an external
 /// system as far as the pipeline is concerned: no script of the pipeline touches it).
-pub fn witness_db(store: &Store) -> i64 {
+pub fn witness_db(store: &RedisStore) -> i64 {
     let db = store.db();
     if db >= 15 {
         db - 1
@@ -130,7 +134,7 @@ pub struct Witness {
 }
 
 impl Witness {
-    pub fn new(store: &Store) -> Witness {
+    pub fn new(store: &RedisStore) -> Witness {
         Witness { db: store.other_db(witness_db(store)), keys: WitnessKeys::new(&store.keys.ns) }
     }
 
@@ -358,7 +362,7 @@ fn unjudgeable(e: StoreError) -> StoreError {
     }
 }
 
-async fn read_list(store: &Store, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
+async fn read_list(store: &RedisStore, key: &str) -> crate::store::Result<Vec<Vec<u8>>> {
     store.read_list(key, LEDGER).await.map_err(unjudgeable)
 }
 
@@ -380,7 +384,7 @@ fn event_of(k: Option<&[u8]>, d: Option<&[u8]>) -> Option<u128> {
     parse_hex_id(&event_id(k?, d))
 }
 
-async fn dead_records(store: &Store) -> crate::store::Result<Vec<DeadRec>> {
+async fn dead_records(store: &RedisStore) -> crate::store::Result<Vec<DeadRec>> {
     Ok(store
         .range_all(&store.keys.dead)
         .await?
@@ -394,7 +398,9 @@ async fn dead_records(store: &Store) -> crate::store::Result<Vec<DeadRec>> {
 }
 
 /// The witness database's run records, applied external writes and counts for the namespace.
-async fn read_witnesses(store: &Store) -> crate::store::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, HashMap<String, i64>)> {
+async fn read_witnesses(
+    store: &RedisStore,
+) -> crate::store::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, HashMap<String, i64>)> {
     let w = Witness::new(store);
     let runs = w.db.read_list(&w.keys.runs, LEDGER).await.map_err(unjudgeable)?;
     let applied = w.db.read_list(&w.keys.applied, LEDGER).await.map_err(unjudgeable)?;
@@ -452,7 +458,7 @@ pub fn tally<'a, Id: 'a>(
 }
 
 /// Compares the created and effects ledgers of `store`'s namespace.
-pub async fn check(store: &Store) -> crate::store::Result<Check> {
+pub async fn check(store: &RedisStore) -> crate::store::Result<Check> {
     let created_raw = read_list(store, &store.keys.created).await?;
     let mut created: HashMap<u128, (i64, Vec<u8>)> = HashMap::with_capacity(created_raw.len());
     let mut created_n = 0u64;

@@ -15,7 +15,7 @@ use crate::capture::{self, ListenerStats, SweeperConfig, SweeperStats};
 use crate::consume::{self, ConsumerConfig, ConsumerStats, Handler};
 use crate::oracle::{self, Latency};
 use crate::report::{Captured, RunReport, RunSettings, Sample};
-use crate::store::Store;
+use crate::store::RedisStore;
 use crate::workload::{self, WorkloadConfig};
 
 /// Handles of running pipeline pieces; `shutdown` stops them gracefully.
@@ -43,7 +43,7 @@ impl Default for Running {
 
 impl Running {
     /// Starts `n` listeners on db `db` (notifications must already be enabled).
-    pub fn listeners(&mut self, store: &Store, n: usize, db: i64, prefix: Option<Vec<u8>>) {
+    pub fn listeners(&mut self, store: &RedisStore, n: usize, db: i64, prefix: Option<Vec<u8>>) {
         for _ in 0..n {
             let s = Arc::new(ListenerStats::default());
             self.listener_stats.push(s.clone());
@@ -58,7 +58,7 @@ impl Running {
             self.tasks.push(tokio::spawn(fut));
         }
     }
-    pub fn sweepers(&mut self, store: &Store, n: usize, cfg: SweeperConfig) {
+    pub fn sweepers(&mut self, store: &RedisStore, n: usize, cfg: SweeperConfig) {
         for _ in 0..n {
             let s = Arc::new(SweeperStats::default());
             self.sweeper_stats.push(s.clone());
@@ -68,7 +68,7 @@ impl Running {
     }
     pub fn consumers(
         &mut self,
-        store: &Store,
+        store: &RedisStore,
         n: usize,
         prefix: &str,
         handler: Arc<dyn Handler>,
@@ -166,7 +166,7 @@ impl Default for RunConfig {
 }
 
 /// The server's peak memory (`used_memory_peak`), 0 when it cannot be read.
-pub async fn peak_memory(store: &Store) -> u64 {
+pub async fn peak_memory(store: &RedisStore) -> u64 {
     store.memory_info("used_memory_peak").await.unwrap_or(0).max(0) as u64
 }
 
@@ -208,7 +208,7 @@ impl Progress {
 }
 
 /// Runs the whole pipeline on `store`'s namespace (wiped first) and judges it.
-pub async fn run(store: &Store, cfg: &RunConfig, backend: &str) -> anyhow::Result<RunReport> {
+pub async fn run(store: &RedisStore, cfg: &RunConfig, backend: &str) -> anyhow::Result<RunReport> {
     store.wipe().await?;
     oracle::Witness::new(store).wipe().await?;
     store.ensure_group().await?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::{Store, StoreError};
+use crate::store::{RedisStore, StoreError};
 
 /// How long `produce` keeps retrying one call through retryable errors (connection lost,
 /// refused or timed out; server loading) before it gives up with [`StoreError::GaveUp`]. Long
@@ -75,7 +75,7 @@ pub fn payload_for(i: u64, bytes: usize) -> Vec<u8> {
 }
 
 /// Workload key `i` of a namespace.
-pub fn key_for(store: &Store, i: u64) -> Vec<u8> {
+pub fn key_for(store: &RedisStore, i: u64) -> Vec<u8> {
     format!("{}{i}", store.keys.key_prefix()).into_bytes()
 }
 
@@ -85,11 +85,11 @@ pub fn key_for(store: &Store, i: u64) -> Vec<u8> {
 ///
 /// Survives connection loss: each batch's write and its record in the created ledger are
 /// retried (see [`RETRY_BOUND`]) until they succeed. Both are idempotent per batch id
-/// ([`Store::write_batch_once`], [`crate::oracle::record_created_once`]), because a call whose
+/// ([`RedisStore::write_batch_once`], [`crate::oracle::record_created_once`]), because a call whose
 /// reply was lost may have been applied: a blind retry would write the keys again (a second
 /// deadline generation) or record them twice.
 pub async fn produce(
-    store: &Store,
+    store: &RedisStore,
     cfg: &WorkloadConfig,
     created: Arc<AtomicU64>,
 ) -> crate::store::Result<ProduceReport> {
@@ -98,7 +98,7 @@ pub async fn produce(
 
 /// [`produce`] with a harness's [`Extras`].
 pub async fn produce_with(
-    store: &Store,
+    store: &RedisStore,
     cfg: &WorkloadConfig,
     created: Arc<AtomicU64>,
     extras: Extras,

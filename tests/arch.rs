@@ -332,7 +332,7 @@ fn check_source(module: &str, file: &str, src: &str) -> Vec<Violation> {
                 file: file.into(),
                 line,
                 what: format!(
-                    "forbidden edge {module} -> redis (only the store speaks Redis: add a Store or store::server::Server method)"
+                    "forbidden edge {module} -> redis (only the store speaks Redis: add a RedisStore or store::server::Server method)"
                 ),
             });
         }
@@ -410,9 +410,9 @@ fn the_checker_reports_forbidden_imports_and_redis_calls() {
     let src = r##"//! The oracle, but wrong: crate::capture in a comment is fine.
 use crate::core::Event;
 use crate::consume::Handler;
-use crate::{store::Store, capture::{self, run_listener}};
+use crate::{store::RedisStore, capture::{self, run_listener}};
 /* crate::run in a block comment /* nested */ is fine */
-fn f(s: &Store) -> Result<(), redis::RedisError> {
+fn f(s: &RedisStore) -> Result<(), redis::RedisError> {
     let _url = "redis://127.0.0.1/ and crate::run in a string";
     let _c = 'x';
     let _raw = r#"redis::cmd("PING") crate::run"#;

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::core::{parse_notification, Via};
 use crate::store::notify::Push;
-use crate::store::Store;
+use crate::store::RedisStore;
 
 /// Observable listener counters (what actually happened on this listener).
 #[derive(Debug, Default)]
@@ -33,7 +33,7 @@ pub enum NotifyConfig {
 
 /// Makes sure `notify-keyspace-events` includes keyevent notifications for expirations,
 /// keeping whatever classes were already enabled.
-pub async fn ensure_notifications(store: &Store) -> NotifyConfig {
+pub async fn ensure_notifications(store: &RedisStore) -> NotifyConfig {
     let cur = match store.notify_config().await {
         Ok(v) => v,
         Err(e) => return NotifyConfig::NotPermitted(e.to_string()),
@@ -67,7 +67,7 @@ sweeper; untracked keys are not captured at all until this is set.";
 /// resubscription) and asks the sweepers to run at once after each, since notifications
 /// sent while it was away are gone for good.
 pub async fn run_listener(
-    store: Store,
+    store: RedisStore,
     db: i64,
     key_prefix: Option<Vec<u8>>,
     sweep_now: Arc<Notify>,
@@ -169,7 +169,7 @@ pub struct SweeperStats {
 
 /// Wakes at the next deadline in the index (server clock), captures due entries in batches.
 pub async fn run_sweeper(
-    store: Store,
+    store: RedisStore,
     cfg: SweeperConfig,
     wake: Arc<Notify>,
     stats: Arc<SweeperStats>,

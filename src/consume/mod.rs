@@ -3,7 +3,7 @@
 //! letters, graceful shutdown. Every decision is the state machine's
 //! ([`crate::core::consumer::Machine`], which the simulator and loom drive too); this module
 //! is its tokio driver and the process's group committer. Knows no Redis command itself:
-//! every call goes through [`crate::store::Store`].
+//! every call goes through the store seam [`crate::store::Store`] (Redis in production, the model in `tests/model`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::consumer::{Claim, Command, Counts, Failure, Input, Machine, Settings, Work};
 use crate::core::{CommitOutcome, RetryPolicy};
-use crate::store::conn::Dedicated;
 use crate::store::{CommitItem, LedgerConfig, Store};
 
 // The state machine's handled entry is what the committer commits.
@@ -130,8 +129,8 @@ type Op = Pin<Box<dyn Future<Output = Input> + Send>>;
 /// same one); this is only its I/O: each command becomes a future, each future's result the
 /// machine's next input.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_consumer(
-    store: Store,
+pub async fn run_consumer<S: Store>(
+    store: S,
     name: String,
     handler: Arc<dyn Handler>,
     cfg: ConsumerConfig,
@@ -273,7 +272,7 @@ pub async fn run_consumer(
 }
 
 /// The consumer's two dedicated connections, retried for a while on connection loss.
-async fn connect_pair(store: &Store, name: &str) -> anyhow::Result<(Dedicated, Dedicated)> {
+async fn connect_pair<S: Store>(store: &S, name: &str) -> anyhow::Result<(S::Conn, S::Conn)> {
     let mut attempt = 0u32;
     loop {
         let r = async { Ok::<_, crate::store::StoreError>((store.dedicated().await?, store.dedicated().await?)) }.await;
@@ -306,7 +305,7 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task; it ends when every clone of the handle is dropped.
-    pub fn spawn(store: Store, ledger: LedgerConfig, max_entries: usize) -> Committer {
+    pub fn spawn<S: Store>(store: S, ledger: LedgerConfig, max_entries: usize) -> Committer {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitRequest>();
         tokio::spawn(async move {
             // A few calls in flight at once: a slow call does not hold up the next batch.
@@ -327,7 +326,6 @@ impl Committer {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let mut conn = store.conn.clone();
                     let items: Vec<(&str, CommitItem<'_>)> = reqs
                         .iter()
                         .flat_map(|r| {
@@ -343,7 +341,7 @@ impl Committer {
                         })
                         .collect();
                     let refs: Vec<(&str, &CommitItem<'_>)> = items.iter().map(|(c, i)| (*c, i)).collect();
-                    let result = store.commit_many(&mut conn, ledger, &refs).await;
+                    let result = store.commit_group(ledger, &refs).await;
                     drop(refs);
                     drop(items);
                     match result {

@@ -13,7 +13,7 @@ use super::spec::{Fault, NetRole, Role, Scenario, Targets};
 use crate::core::{encode_entry, event_id, Event, Via};
 use crate::provision::RedisServer;
 use crate::store::server::Server;
-use crate::store::Store;
+use crate::store::RedisStore;
 
 /// What a fault touched: the consumer process slots it paused or armed (every incarnation of
 /// slot `t` names its consumers `c<t>-…`), and the outages it caused (Unix ms, from the
@@ -153,7 +153,7 @@ pub struct Ctx {
     pub server_args: Vec<String>,
     pub proxies: Proxies,
     /// The harness's own connection (through its proxy).
-    pub store: Store,
+    pub store: RedisStore,
     /// Held for writing by faults that break the harness's own connections (restart, client
     /// kill), so the producer is never caught mid-write: each creation is acknowledged or
     /// cleanly retried, never ambiguous. (Re)starting a process takes it for reading: a
@@ -202,13 +202,13 @@ fn join_faults(base: &str, extra: &str) -> String {
 }
 
 /// Entries pending for the consumers of process `pid` (consumer names embed the pid).
-pub async fn held_by(store: &Store, pid: u32) -> u64 {
+pub async fn held_by(store: &RedisStore, pid: u32) -> u64 {
     let tag = format!("-{pid}-");
     let per = store.pending_per_consumer().await.unwrap_or_default();
     per.iter().filter(|(name, _)| name.contains(&tag)).map(|(_, n)| n).sum()
 }
 
-async fn llen(store: &Store, key: &str) -> anyhow::Result<u64> {
+async fn llen(store: &RedisStore, key: &str) -> anyhow::Result<u64> {
     Ok(store.list_len(key).await?)
 }
 

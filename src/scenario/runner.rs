@@ -16,7 +16,7 @@ use super::proxy::{host_port, Proxy};
 use super::report::{Acknowledged, ExpectationResult, Report, Timings};
 use super::spec::{BackendReq, Bound, Fault, Role, Scenario, Ttl};
 use crate::provision::{Choice, RedisServer};
-use crate::store::Store;
+use crate::store::RedisStore;
 
 /// How to run a scenario (what the file does not say).
 #[derive(Clone, Debug)]
@@ -123,7 +123,7 @@ pub async fn run(s: &Scenario, opts: &RunOptions) -> anyhow::Result<Report> {
         capture: Proxy::start("capture", &upstream).await?,
         harness: Proxy::start("harness", &upstream).await?,
     };
-    let store = Store::connect(&proxies.harness.url(), NS, GROUP).await?;
+    let store = RedisStore::connect(&proxies.harness.url(), NS, GROUP).await?;
     store.ensure_group().await?;
     crate::capture::ensure_notifications(&store).await;
     background_keys(&store, s).await?;
@@ -431,7 +431,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-async fn background_keys(store: &Store, s: &Scenario) -> anyhow::Result<()> {
+async fn background_keys(store: &RedisStore, s: &Scenario) -> anyhow::Result<()> {
     let n = s.workload.background_keys;
     let ttl = Duration::from_millis(s.workload.background_ttl_ms);
     let mut i = 0;
@@ -446,7 +446,7 @@ async fn background_keys(store: &Store, s: &Scenario) -> anyhow::Result<()> {
 /// Waits until every consumer task of every process is reading (Redis 7.0 registers a group
 /// consumer only once something is delivered to it, so the harness counts connections whose
 /// last command is a group read) and every listener has subscribed.
-async fn wait_ready(store: &Store, s: &Scenario) -> anyhow::Result<()> {
+async fn wait_ready(store: &RedisStore, s: &Scenario) -> anyhow::Result<()> {
     let start = Instant::now();
     let want = s.topology.consumer_processes * s.topology.consumers_per_process;
     loop {
@@ -471,7 +471,7 @@ async fn wait_ready(store: &Store, s: &Scenario) -> anyhow::Result<()> {
 /// the creations go to the local ledger file, then to the oracle's created ledger, all under
 /// the gate's shared guard (faults that break the harness's connections take it exclusively).
 async fn produce(
-    store: Store,
+    store: RedisStore,
     s: Scenario,
     gate: Arc<tokio::sync::RwLock<()>>,
     ledger: PathBuf,
@@ -505,7 +505,7 @@ async fn produce(
     Ok(())
 }
 
-async fn progress(store: &Store, s: &Scenario, t0: Instant, created: &AtomicU64, ctx: &Ctx) {
+async fn progress(store: &RedisStore, s: &Scenario, t0: Instant, created: &AtomicU64, ctx: &Ctx) {
     let b = store.backlog().await.unwrap_or_default();
     let effected = store.list_len(&store.keys.effects).await.unwrap_or(0);
     let (fired, planned) = {
@@ -526,7 +526,7 @@ async fn progress(store: &Store, s: &Scenario, t0: Instant, created: &AtomicU64,
 
 /// The harness's witnesses: creations acknowledged to the producer (its local file) that
 /// the oracle's created ledger no longer holds, and effects rolled back by restarts.
-async fn acknowledged(store: &Store, ledger: &std::path::Path, ctx: &Ctx) -> anyhow::Result<Acknowledged> {
+async fn acknowledged(store: &RedisStore, ledger: &std::path::Path, ctx: &Ctx) -> anyhow::Result<Acknowledged> {
     let local = std::fs::read_to_string(ledger).unwrap_or_default();
     let in_redis = store.read_list(&store.keys.created, "the oracle's created ledger").await?;
     let in_redis: std::collections::HashSet<Vec<u8>> = in_redis.into_iter().collect();

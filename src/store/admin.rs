@@ -11,7 +11,7 @@ use redis::Value;
 
 use super::conn::Dedicated;
 use super::server::{client_list_on, memory_info_on, set_expiring_on};
-use super::{Result, Store};
+use super::{RedisStore, Result};
 
 fn text(v: &Value) -> Option<String> {
     match v {
@@ -21,7 +21,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-impl Store {
+impl RedisStore {
     /// The database number this store uses.
     pub fn db(&self) -> i64 {
         self.client.get_connection_info().redis_settings().db()

@@ -1,11 +1,11 @@
 //! The connections callers hold, and how their loss shows up. Callers outside the store never
 //! name the Redis client library: a consumer keeps [`Dedicated`] connections from
-//! [`Store::dedicated`](super::Store::dedicated) and hands them back to store methods.
+//! [`RedisStore::dedicated`](super::RedisStore::dedicated) and hands them back to store methods.
 
 use redis::aio::MultiplexedConnection;
 
 /// A connection of its own (no response timeout), for blocking reads and for a consumer's
-/// calls that must not wait behind another task's. From [`super::Store::dedicated`].
+/// calls that must not wait behind another task's. From [`super::RedisStore::dedicated`].
 pub type Dedicated = MultiplexedConnection;
 
 #[cfg(test)]

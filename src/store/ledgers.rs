@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
-use super::{Result, Store, StoreError};
+use super::{RedisStore, Result, StoreError};
 use crate::core::{Delivery, Event};
 
 /// `append_once`: the RPUSH runs only if the guard `SET ... NX PX` wins, in one script call.
@@ -46,7 +46,7 @@ return 1
 /// Elements per `LRANGE` page: big lists are read in pages, so no single reply is huge.
 const LIST_PAGE: isize = 50_000;
 
-impl Store {
+impl RedisStore {
     /// Appends `records` to list `key`, one `RPUSH`.
     pub async fn append_list(&self, key: &str, records: &[Vec<u8>]) -> Result<()> {
         if records.is_empty() {
@@ -61,7 +61,7 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::append_list`] applied at most once per `guard` key: the RPUSH runs in one script
+    /// [`RedisStore::append_list`] applied at most once per `guard` key: the RPUSH runs in one script
     /// call guarded by `SET <guard> 1 NX PX <guard_ttl>`, so a caller whose reply was lost can
     /// repeat the call without doubling the records. Returns false when the guard was already
     /// set (the records had been appended).
@@ -91,7 +91,7 @@ impl Store {
         read_list_on(&mut self.conn.clone(), key, what).await
     }
 
-    /// [`Store::read_list`] on a connection of the caller's.
+    /// [`RedisStore::read_list`] on a connection of the caller's.
     pub async fn read_list_with(
         &self,
         conn: &mut super::conn::Dedicated,
@@ -161,7 +161,7 @@ async fn read_list_on(c: &mut impl ConnectionLike, key: &str, what: &'static str
     }
 }
 
-/// Keys of the witness sink (in its own database, see [`Store::other_db`]).
+/// Keys of the witness sink (in its own database, see [`RedisStore::other_db`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SinkKeys<'a> {
     pub runs: &'a str,
@@ -208,7 +208,7 @@ impl OtherDb {
         Ok(inv.invoke_async(&mut c).await?)
     }
 
-    /// Every element of list `key` in this database, in pages (as [`Store::read_list`]).
+    /// Every element of list `key` in this database, in pages (as [`RedisStore::read_list`]).
     pub async fn read_list(&self, key: &str, what: &'static str) -> Result<Vec<Vec<u8>>> {
         read_list_on(&mut self.conn().await?, key, what).await
     }

@@ -24,10 +24,12 @@ mod model_store;
 pub mod notify;
 pub mod protocol;
 pub mod scripts;
+mod seam;
 pub mod server;
 
-pub use model_store::ModelStore;
+pub use model_store::{ModelStore, SharedModel};
 use scripts::{Call, ScriptId};
+pub use seam::Store;
 
 /// The script set, loaded once per process (EVALSHA, re-loaded on NOSCRIPT after a restart).
 struct Scripts(std::collections::BTreeMap<ScriptId, Script>);
@@ -118,9 +120,9 @@ impl StoreError {
     ///
     /// Retryable does not mean "had no effect". A connection lost after the command was sent
     /// may have lost only the reply, so the command may have been applied. Repeat only calls
-    /// that are idempotent: reads, [`Store::write_batch_once`] and
+    /// that are idempotent: reads, [`RedisStore::write_batch_once`] and
     /// `oracle::record_created_once` with the same batch id. A blind repeat of
-    /// [`Store::write_batch`] writes the keys again (a new deadline generation).
+    /// [`RedisStore::write_batch`] writes the keys again (a new deadline generation).
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Connection(_) => true,
@@ -136,7 +138,7 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// How long the record of an applied batch (`{ns}:wb:<id>`, [`Store::write_batch_once`]) and
+/// How long the record of an applied batch (`{ns}:wb:<id>`, [`RedisStore::write_batch_once`]) and
 /// of a recorded creation batch (`oracle::record_created_once`) are kept. Retries of a batch
 /// must end well within it (`workload::produce` gives up after `workload::RETRY_BOUND`).
 pub const BATCH_RECORD_TTL: Duration = Duration::from_secs(600);
@@ -198,7 +200,7 @@ pub struct Sweep {
 
 /// Handle on one namespace of one Redis. Cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct RedisStore {
     pub client: Client,
     pub keys: Keys,
     pub group: String,
@@ -256,8 +258,8 @@ impl Safety {
     }
 }
 
-impl Store {
-    pub async fn connect(url: &str, ns: &str, group: &str) -> Result<Store> {
+impl RedisStore {
+    pub async fn connect(url: &str, ns: &str, group: &str) -> Result<RedisStore> {
         let client = Client::open(url)?;
         // Scripts over big batches can take longer than redis-rs's 500 ms default.
         let cfg = ConnectionManagerConfig::new()
@@ -265,7 +267,7 @@ impl Store {
             .set_connection_timeout(Some(Duration::from_secs(5)));
         let mut conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
         compat::check_server(&mut conn).await?;
-        Ok(Store {
+        Ok(RedisStore {
             client,
             keys: Keys::new(ns),
             group: group.to_string(),
@@ -345,12 +347,12 @@ impl Store {
     /// key's deadline (Unix ms). A previous generation that already expired is captured first.
     ///
     /// Not idempotent: after a retryable error the batch may have been applied, and calling
-    /// again writes every key again. Callers that retry use [`Store::write_batch_once`].
+    /// again writes every key again. Callers that retry use [`RedisStore::write_batch_once`].
     pub async fn write_batch(&self, items: &[(Vec<u8>, Vec<u8>, Duration)]) -> Result<Vec<i64>> {
         self.write_batch_with(items, None).await
     }
 
-    /// [`Store::write_batch`] applied at most once per `batch_id`: the script stores the
+    /// [`RedisStore::write_batch`] applied at most once per `batch_id`: the script stores the
     /// batch's deadlines under `{ns}:wb:<batch_id>` (expiring after [`BATCH_RECORD_TTL`]) in
     /// the same atomic call, and a call with an id already recorded writes nothing and returns
     /// the recorded deadlines. So after a lost reply the same call can be repeated safely.
@@ -421,7 +423,7 @@ impl Store {
         Ok(Claimed { next, entries: scripts::with_tokens(entries, &tokens), deleted })
     }
 
-    /// [`Store::reclaim`] without the deleted ids: (next cursor, claimed entries and tokens).
+    /// [`RedisStore::reclaim`] without the deleted ids: (next cursor, claimed entries and tokens).
     pub async fn autoclaim(
         &self,
         conn: &mut MultiplexedConnection,
@@ -540,7 +542,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl RedisStore {
     /// Every entry of stream `key`, read in pages of 10,000 (`XRANGE`).
     pub async fn range_all(&self, key: &str) -> Result<Vec<RawEntry>> {
         let mut c = self.conn.clone();

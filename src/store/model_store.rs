@@ -1,5 +1,5 @@
 //! The store seam's second implementation: a namespace of the in-memory model
-//! ([`super::model::Model`]) with the same operations as [`super::Store`], each running the
+//! ([`super::model::Model`]) with the same operations as [`super::RedisStore`], each running the
 //! real script: the call is built by [`super::scripts`], executed by the model's embedded
 //! Lua 5.1 ([`super::model::Model::eval`]), and its reply read by the same parser the Redis
 //! store uses. Nothing of a script is restated here; `tests/differential` holds the model's
@@ -11,10 +11,12 @@ use redis::Value;
 
 use super::model::{Fields, Model, Reply};
 use super::scripts::{self, Call};
-use super::{parse_commit_reply, parse_xread, Backlog, CommitItem, Keys, LedgerConfig, RawEntry, StoreError, Sweep};
+use super::{
+    parse_commit_reply, parse_xread, Backlog, Claimed, CommitItem, Keys, LedgerConfig, RawEntry, StoreError, Sweep,
+};
 use crate::core::{CommitOutcome, Via};
 
-/// One namespace of the model, with the same operations as [`crate::store::Store`].
+/// One namespace of the model, with the same operations as [`crate::store::RedisStore`].
 #[derive(Clone, Debug)]
 pub struct ModelStore {
     pub model: Model,
@@ -39,7 +41,7 @@ fn model_err(what: &'static str, e: String) -> StoreError {
 }
 
 impl ModelStore {
-    /// A namespace with its consumer group created (`Store::ensure_group`).
+    /// A namespace with its consumer group created (`RedisStore::ensure_group`).
     pub fn new(model: Model, ns: &str, group: &str) -> ModelStore {
         let mut s = ModelStore { model, keys: Keys::new(ns), group: group.to_string() };
         s.ensure_group();
@@ -101,8 +103,26 @@ impl ModelStore {
         parse_xread(&self.command("XREADGROUP", &args)?)
     }
 
-    /// `Store::autoclaim`: `claim.lua`, then the tokens of what this consumer now holds
+    /// `RedisStore::reclaim`: `claim.lua`, then the tokens of what this consumer now holds
     /// (`XPENDING` filtered by consumer, as the Redis store does in a second call).
+    pub fn reclaim(
+        &mut self,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> crate::store::Result<Claimed> {
+        let call = scripts::claim(&self.keys, &self.group, consumer, min_idle, cursor, count);
+        let (next, entries, deleted) = scripts::claim_reply(&self.eval(call)?)?;
+        if entries.is_empty() {
+            return Ok(Claimed { next, entries: vec![], deleted });
+        }
+        let args = scripts::tokens_command(&self.keys, &self.group, consumer, &entries);
+        let tokens = scripts::tokens_reply(&self.command("XPENDING", &args)?)?;
+        Ok(Claimed { next, entries: scripts::with_tokens(entries, &tokens), deleted })
+    }
+
+    /// [`ModelStore::reclaim`] without the deleted ids.
     pub fn autoclaim(
         &mut self,
         consumer: &str,
@@ -110,14 +130,7 @@ impl ModelStore {
         cursor: &str,
         count: usize,
     ) -> crate::store::Result<(String, Vec<(RawEntry, u64)>)> {
-        let call = scripts::claim(&self.keys, &self.group, consumer, min_idle, cursor, count);
-        let (next, entries, _deleted) = scripts::claim_reply(&self.eval(call)?)?;
-        if entries.is_empty() {
-            return Ok((next, vec![]));
-        }
-        let args = scripts::tokens_command(&self.keys, &self.group, consumer, &entries);
-        let tokens = scripts::tokens_reply(&self.command("XPENDING", &args)?)?;
-        Ok((next, scripts::with_tokens(entries, &tokens)))
+        self.reclaim(consumer, min_idle, cursor, count).map(|c| (c.next, c.entries))
     }
 
     /// `commit.lua`: the fenced, ledgered, all-or-nothing commit of one consumer's batch.
@@ -162,7 +175,7 @@ impl ModelStore {
         Self::must(v.and_then(|v| scripts::count_reply("release", &v)))
     }
 
-    /// Tracked keys not yet captured, stream length, pending entries (`Store::backlog`).
+    /// Tracked keys not yet captured, stream length, pending entries (`RedisStore::backlog`).
     pub fn backlog(&mut self) -> Backlog {
         let k = self.keys.clone();
         let int = |r: Reply| r.int().expect("an integer reply") as u64;
@@ -217,6 +230,122 @@ impl ModelStore {
     /// Runs a raw command on the model (tests).
     pub fn call(&mut self, args: &[Vec<u8>]) -> Result<Reply, String> {
         self.model.call(args)
+    }
+}
+
+/// The model behind the async store seam ([`super::Store`]), so the production tokio driver
+/// (`consume::run_consumer`, the group committer) runs on it unchanged. One namespace shared
+/// by every clone; each call takes the lock, moves the virtual clock to the tokio clock's
+/// reading (`base_ms` plus the time since creation) and runs the real script. A blocking read
+/// polls every few milliseconds until an entry arrives or `block` ends, as a blocked
+/// `XREADGROUP` would answer.
+#[derive(Clone)]
+pub struct SharedModel {
+    inner: std::sync::Arc<std::sync::Mutex<ModelStore>>,
+    start: tokio::time::Instant,
+    base_ms: i64,
+}
+
+impl SharedModel {
+    pub fn new(store: ModelStore) -> SharedModel {
+        let base_ms = store.model.now();
+        let inner = std::sync::Arc::new(std::sync::Mutex::new(store));
+        SharedModel { inner, start: tokio::time::Instant::now(), base_ms }
+    }
+
+    /// Runs `f` on the namespace with the clock brought up to now.
+    pub fn with<R>(&self, f: impl FnOnce(&mut ModelStore) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.model.set_now(self.base_ms + self.start.elapsed().as_millis() as i64);
+        f(&mut g)
+    }
+}
+
+impl super::Store for SharedModel {
+    /// The model has no connections: every call goes straight to the shared namespace.
+    type Conn = ();
+
+    async fn dedicated(&self) -> crate::store::Result<()> {
+        Ok(())
+    }
+
+    async fn ensure_group(&self) -> crate::store::Result<()> {
+        self.with(|m| m.ensure_group());
+        Ok(())
+    }
+
+    async fn read_new(
+        &self,
+        _: &mut (),
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> crate::store::Result<Vec<RawEntry>> {
+        let until = tokio::time::Instant::now() + block;
+        loop {
+            let got = self.with(|m| m.read_new(consumer, count))?;
+            if !got.is_empty() || tokio::time::Instant::now() >= until {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        _: &mut (),
+        consumer: &str,
+        min_idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> crate::store::Result<Claimed> {
+        self.with(|m| m.reclaim(consumer, min_idle, cursor, count))
+    }
+
+    async fn commit_group(
+        &self,
+        ledger: LedgerConfig,
+        items: &[(&str, &CommitItem<'_>)],
+    ) -> crate::store::Result<Vec<CommitOutcome>> {
+        self.with(|m| m.commit_many(ledger, items))
+    }
+
+    async fn dead_letter(
+        &self,
+        _: &mut (),
+        consumer: &str,
+        entry_id: &str,
+        token: u64,
+        reason: &str,
+    ) -> crate::store::Result<bool> {
+        self.with(|m| {
+            let v = m.eval(scripts::dead_letter(&m.keys, &m.group, consumer, entry_id, token, reason))?;
+            scripts::dead_letter_reply(&v)
+        })
+    }
+
+    async fn retry(&self, _: &mut (), consumer: &str, entry_id: &str, token: u64) -> crate::store::Result<Option<u64>> {
+        self.with(|m| {
+            let v = m.eval(scripts::retry(&m.keys, &m.group, consumer, entry_id, token))?;
+            scripts::retry_reply(&v)
+        })
+    }
+
+    async fn release(&self, _: &mut (), consumer: &str, ids: &[String], idle: Duration) -> crate::store::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.with(|m| {
+            let v = m.eval(scripts::release(&m.keys, &m.group, consumer, ids, idle))?;
+            scripts::count_reply("release", &v)
+        })
+    }
+
+    async fn prune_consumers(&self, idle: Duration) -> crate::store::Result<u64> {
+        self.with(|m| {
+            let v = m.eval(scripts::prune(&m.keys, &m.group, idle))?;
+            scripts::count_reply("prune", &v)
+        })
     }
 }
 

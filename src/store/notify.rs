@@ -7,7 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{Result, Store};
+use super::{RedisStore, Result};
 
 /// What arrived on a subscriber connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub(super) async fn subscribe_on(client: &Client, channel: &str) -> Result<(Subs
     Ok((Subscriber { conn }, Pushes { rx }))
 }
 
-impl Store {
+impl RedisStore {
     /// Subscribes to `channel` on this store's server (see [`Pushes`] for what arrives).
     pub async fn subscribe(&self, channel: &str) -> Result<(Subscriber, Pushes)> {
         subscribe_on(&self.client, channel).await

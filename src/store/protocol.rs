@@ -1,5 +1,5 @@
 //! The protocol-level operations as one trait, [`Protocol`], with two implementations: real
-//! Redis ([`RedisProtocol`], delegating to [`Store`]'s script calls) and the in-memory model
+//! Redis ([`RedisProtocol`], delegating to [`RedisStore`]'s script calls) and the in-memory model
 //! ([`crate::store::ModelStore`]). The differential tests drive both with the same generated
 //! sequences and compare replies and [`Dump`]s, which is what keeps the simulator honest.
 //!
@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use super::{CommitItem, LedgerConfig, RawEntry, Result, Store, StoreError, Sweep};
+use super::{CommitItem, LedgerConfig, RawEntry, RedisStore, Result, StoreError, Sweep};
 use crate::core::{CommitOutcome, Via};
 use crate::store::model::Reply;
 use crate::store::ModelStore;
@@ -166,14 +166,14 @@ fn parse<T: redis::FromRedisValue>(v: &Value) -> Result<T> {
     redis::from_redis_value_ref(v).map_err(|e| StoreError::Reply { what: "dump", reply: e.to_string() })
 }
 
-/// [`Protocol`] over real Redis: a [`Store`] and one dedicated connection.
+/// [`Protocol`] over real Redis: a [`RedisStore`] and one dedicated connection.
 pub struct RedisProtocol {
-    pub store: Store,
+    pub store: RedisStore,
     conn: MultiplexedConnection,
 }
 
 impl RedisProtocol {
-    pub async fn new(store: Store) -> Result<RedisProtocol> {
+    pub async fn new(store: RedisStore) -> Result<RedisProtocol> {
         let conn = store.dedicated().await?;
         Ok(RedisProtocol { store, conn })
     }

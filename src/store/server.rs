@@ -9,7 +9,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
 
 use super::notify::{subscribe_on, Pushes, Subscriber};
-use super::{Result, Store};
+use super::{RedisStore, Result};
 
 /// A server connection. Cheap to clone (the connection is multiplexed).
 #[derive(Clone)]
@@ -163,8 +163,8 @@ impl ServerCpu {
     }
 }
 
-impl Store {
-    /// A server connection of its own to this store's server (as [`Store::dedicated`]: no
+impl RedisStore {
+    /// A server connection of its own to this store's server (as [`RedisStore::dedicated`]: no
     /// response timeout), for server-wide commands such as the chaos faults'.
     pub async fn server(&self) -> Result<Server> {
         Server::open(self.client.clone()).await

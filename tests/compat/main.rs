@@ -12,7 +12,7 @@ use expiry_stream::core::Via;
 use expiry_stream::provision::{self, Choice, RedisServer};
 use expiry_stream::store::model::{Behaviour, Model};
 use expiry_stream::store::notify::Push;
-use expiry_stream::store::{ModelStore, Store};
+use expiry_stream::store::{ModelStore, RedisStore};
 use support::Ctx;
 
 /// Redis 6.2 has `XAUTOCLAIM` but not `PEXPIRETIME`: refused at connect, in one line, before
@@ -22,7 +22,7 @@ async fn an_unsupported_server_is_refused_in_one_line() {
     let server = RedisServer::start_server(Choice::Process, Some("redis-6.2"), &[])
         .await
         .unwrap_or_else(|e| panic!("{e} (fetch it with scripts/get-servers.sh redis-6.2)"));
-    let err = Store::connect(&server.url, "compat", "g").await.err().expect("Redis 6.2 must be refused");
+    let err = RedisStore::connect(&server.url, "compat", "g").await.err().expect("Redis 6.2 must be refused");
     insta::assert_snapshot!(err.to_string());
 }
 

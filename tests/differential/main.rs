@@ -42,7 +42,7 @@ use expiry_stream::core::{decode_entry, encode_entry, event_id, CommitOutcome, E
 use expiry_stream::store::model::{Model, Reply};
 use expiry_stream::store::protocol::{Dump, Protocol, RedisProtocol};
 use expiry_stream::store::ModelStore;
-use expiry_stream::store::{CommitItem, Keys, LedgerConfig, RawEntry, Safety, Store};
+use expiry_stream::store::{CommitItem, Keys, LedgerConfig, RawEntry, RedisStore, Safety};
 
 const KEYS: usize = 4;
 const CONSUMERS: usize = 2;
@@ -399,7 +399,7 @@ fn compare_pttls(r: &Pttls, m: &Pttls, tolerance: i64) -> Result<(), String> {
 
 /// `(key, PEXPIRETIME, PTTL)` of every key of the namespace on the server (`KEYS`, which
 /// leaves out keys past their time without deleting them).
-async fn ttls_real(store: &Store) -> Result<Vec<(Vec<u8>, i64, i64)>, String> {
+async fn ttls_real(store: &RedisStore) -> Result<Vec<(Vec<u8>, i64, i64)>, String> {
     let mut c = store.conn.clone();
     let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("{{{}}}*", store.keys.ns))
@@ -866,7 +866,7 @@ async fn run_case_inner(url: &str, case: u64, ops: &[Op]) -> Result<(), (String,
     let mut slowest = Duration::ZERO;
     let fail = |e: String, epoch: std::time::Instant, slowest: Duration| (e, epoch.elapsed().max(slowest));
     let ns = format!("diff{case}");
-    let store = Store::connect(url, &ns, "g").await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
+    let store = RedisStore::connect(url, &ns, "g").await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     store.wipe().await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     store.ensure_group().await.map_err(|e| fail(e.to_string(), epoch, slowest))?;
     let mut real = RedisProtocol::new(store.clone()).await.map_err(|e| fail(e.to_string(), epoch, slowest))?;

@@ -562,3 +562,109 @@ proptest! {
         prop_assert_eq!(m.exists(b"z"), !reference.is_empty());
     }
 }
+
+// ---------------------------------------------------------------- the production driver on the model
+
+/// Pushes `<key>|<consumer>` to the effects list; the consumer named `slow` holds every batch
+/// far longer than the claim timeout (it is killed holding one).
+struct PushEffect {
+    effects: String,
+    slow: String,
+}
+
+impl expiry_stream::consume::Handler for PushEffect {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        d: &'a expiry_stream::consume::Delivery,
+    ) -> expiry_stream::consume::HandlerFuture<'a> {
+        Box::pin(async move {
+            if d.consumer == self.slow {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let rec = format!("{}|{}", event.key_lossy(), d.consumer);
+            Ok(vec![Effect::new("RPUSH", [self.effects.as_bytes(), rec.as_bytes()])])
+        })
+    }
+}
+
+/// The production consumer, unchanged: `consume::run_consumer` (the tokio driver of the
+/// state machine) and the group committer, on the model through the store seam
+/// (`store::Store` for `SharedModel`), running the real scripts. Three consumers; one is
+/// killed (its task aborted) while it holds entries it will never commit; the others reclaim
+/// them. Every event is applied exactly once, judged from the model's effects list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_consumer_runs_on_the_model_and_applies_each_event_once() {
+    use expiry_stream::consume::{self, Committer, ConsumerConfig, ConsumerStats};
+    use expiry_stream::store::SharedModel;
+    use std::sync::Arc;
+
+    const KEYS: usize = 300;
+    let store = SharedModel::new(ModelStore::new(Model::new(1_000_000), "drv", "g"));
+    let items: Vec<(Vec<u8>, Vec<u8>, Duration)> =
+        (0..KEYS).map(|i| (format!("k{i}").into_bytes(), b"v".to_vec(), Duration::from_millis(1 + i as u64))).collect();
+    store.with(|m| m.write_batch(&items));
+    let effects = store.with(|m| m.keys.effects.clone());
+    let names: Vec<String> = (0..3).map(|i| consume::consumer_name("c", i)).collect();
+    let handler = Arc::new(PushEffect { effects: effects.clone(), slow: names[0].clone() });
+    let cfg = ConsumerConfig {
+        batch: 8,
+        block: Duration::from_millis(20),
+        claim_idle: Duration::from_millis(300),
+        claim_interval: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    };
+    let committer = Committer::spawn(store.clone(), cfg.ledger, 64);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = vec![];
+    for n in &names {
+        let (s, h, c, cm, rx) = (store.clone(), handler.clone(), cfg.clone(), committer.clone(), stop_rx.clone());
+        let stats = Arc::new(ConsumerStats::default());
+        tasks.push(tokio::spawn(consume::run_consumer(s, n.clone(), h, c, stats, cm, rx, false)));
+    }
+
+    // Capture as the keys fall due (the sweeper's script), until every key is in the stream.
+    let mut emitted = 0;
+    let mut killed_holding = 0;
+    let t0 = std::time::Instant::now();
+    while emitted < KEYS as u64 {
+        emitted += store.with(|m| m.sweep(100)).emitted;
+        // Kill the slow consumer once it holds entries (it never commits them).
+        if !tasks[0].is_finished() {
+            let held = store.with(|m| m.pending_all()).iter().filter(|p| p.1 == names[0]).count();
+            if held > 0 {
+                tasks[0].abort();
+                killed_holding = held;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "captured only {emitted} of {KEYS}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = || store.with(|m| m.backlog()).is_empty();
+    while !drained() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not drained: {:?}", store.with(|m| m.backlog()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    for t in tasks.drain(1..) {
+        t.await.unwrap().unwrap();
+    }
+    assert!(killed_holding > 0, "the killed consumer held nothing: the kill did not bite");
+
+    let lrange = [b"LRANGE".to_vec(), effects.into_bytes(), b"0".to_vec(), b"-1".to_vec()];
+    let recs = match store.with(|m| m.call(&lrange)).unwrap() {
+        expiry_stream::store::model::Reply::Array(a) => a,
+        other => panic!("LRANGE: {other:?}"),
+    };
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in recs {
+        let expiry_stream::store::model::Reply::Bulk(b) = r else { panic!("effect record {r:?}") };
+        let rec = String::from_utf8(b).unwrap();
+        let (key, consumer) = rec.split_once('|').unwrap();
+        per_key.entry(key.to_string()).or_default().push(consumer.to_string());
+    }
+    let twice: Vec<_> = per_key.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(twice.is_empty(), "applied more than once: {twice:?}");
+    assert_eq!(per_key.len(), KEYS, "lost: {} of {KEYS} never applied", KEYS - per_key.len());
+    assert!(per_key.values().all(|c| c[0] != names[0]), "the killed consumer applied nothing");
+}

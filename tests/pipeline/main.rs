@@ -603,7 +603,7 @@ async fn a_consumer_reads_again_after_a_reconnect_slower_than_its_pauses() {
     use expiry_stream::scenario::proxy::{host_port, Proxy};
     let ctx = Ctx::new("slowreconnect").await;
     let proxy = Proxy::start("consumers", &host_port(&ctx.server.url).unwrap()).await.unwrap();
-    let via_proxy = expiry_stream::store::Store::connect(&proxy.url(), "slowreconnect", "g").await.unwrap();
+    let via_proxy = expiry_stream::store::RedisStore::connect(&proxy.url(), "slowreconnect", "g").await.unwrap();
     let cfg = ConsumerConfig { claim_interval: Duration::from_millis(300), ..fast_consumers() };
     let mut run = Running::default();
     run.consumers(&via_proxy, 1, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &cfg);

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use expiry_stream::consume::ConsumerConfig;
 use expiry_stream::provision::{Choice, RedisServer};
-use expiry_stream::store::{RawEntry, Store};
+use expiry_stream::store::{RawEntry, RedisStore};
 
 pub struct Ctx {
     pub server: RedisServer,
-    pub store: Store,
+    pub store: RedisStore,
 }
 
 impl Ctx {
@@ -18,7 +18,7 @@ impl Ctx {
         let choice = Choice::from_env().expect("EXPIRY_STREAM_REDIS");
         let server = RedisServer::start(choice, &[]).await.expect("provision redis");
         eprintln!("[{test}] redis backend: {} at {}", server.backend, server.url);
-        let store = Store::connect(&server.url, test, "g").await.expect("connect");
+        let store = RedisStore::connect(&server.url, test, "g").await.expect("connect");
         store.ensure_group().await.expect("group");
         let _ = expiry_stream::capture::ensure_notifications(&store).await;
         Ctx { server, store }
