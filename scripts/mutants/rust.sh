@@ -42,8 +42,9 @@ run() { # name, cargo-mutants args...
 case $part in
 core | all)
     run core -f 'src/core/**' -e src/core/consumer.rs "$@" -- --lib --test model
-    # The consumer's state machine: only the unit tests reach it (tests/model drives the store,
-    # never the machine), and `--lib` alone builds the crate once per mutant instead of twice.
+    # The consumer's state machine: its unit tests pin its decisions; `--lib` alone builds the
+    # crate once per mutant instead of twice (tests/model's run of the production consumer on
+    # the model reaches it too, and is in the io part's tier).
     run core-consumer -f src/core/consumer.rs "$@" -- --lib
     ;;&
 io | all)

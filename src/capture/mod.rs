@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::core::{parse_notification, Via};
+use crate::core::listener::{Action, Heard, ListenerCounts, ListenerMachine};
+use crate::core::Via;
 use crate::store::notify::Push;
 use crate::store::RedisStore;
 
@@ -18,6 +19,15 @@ pub struct ListenerStats {
     pub notifications: AtomicU64,
     pub emitted: AtomicU64,
     pub reconnects: AtomicU64,
+}
+
+impl ListenerStats {
+    /// Publishes the listener machine's counts (they only grow).
+    fn publish(&self, c: &ListenerCounts) {
+        self.notifications.store(c.notifications, Ordering::Relaxed);
+        self.emitted.store(c.emitted, Ordering::Relaxed);
+        self.reconnects.store(c.reconnects, Ordering::Relaxed);
+    }
 }
 
 /// Outcome of trying to enable keyspace notifications.
@@ -77,7 +87,7 @@ pub async fn run_listener(
     let (mut sub, mut pushes) = store.subscribe(&format!("__keyevent@{db}__:expired")).await?;
     // Anything that expired before we subscribed is for the sweepers.
     sweep_now.notify_waiters();
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(512);
+    let mut m = ListenerMachine::new(db, key_prefix);
     let mut ping = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -96,47 +106,36 @@ pub async fn run_listener(
                         None => break,
                     }
                 }
-                for p in burst {
-                    match p {
-                        Push::Message { channel, payload } => {
-                            let Some(n) = parse_notification(&channel, &payload) else { continue };
-                            if n.event != b"expired" || i64::from(n.db) != db {
-                                continue;
+                let heard = burst
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Push::Message { channel, payload } => Some(Heard::Message { channel, payload }),
+                        Push::Disconnected => Some(Heard::Disconnected),
+                        Push::Subscribed => Some(Heard::Subscribed),
+                        Push::Other => None,
+                    })
+                    .collect();
+                let mut todo = m.heard(heard);
+                while !todo.is_empty() {
+                    let mut next = vec![];
+                    for a in todo {
+                        match a {
+                            Action::Capture(keys) => {
+                                let r = store.capture(&keys, Via::Notification).await;
+                                next.extend(m.captured(r.map(|(e, _, _)| e).map_err(|e| e.to_string())));
                             }
-                            stats.notifications.fetch_add(1, Ordering::Relaxed);
-                            if key_prefix.as_ref().is_none_or(|pre| n.key.starts_with(pre)) {
-                                batch.push(n.key);
+                            Action::SweepNow => sweep_now.notify_waiters(),
+                            Action::EnsureNotifications => {
+                                if let NotifyConfig::NotPermitted(e) = ensure_notifications(&store).await {
+                                    eprintln!("listener: {NOTIFY_HELP} ({e})");
+                                }
                             }
-                        }
-                        Push::Disconnected => {
-                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                            sweep_now.notify_waiters();
-                        }
-                        Push::Subscribed => {
-                            // (Re)subscribed: events during the gap are lost, sweep now. A
-                            // restarted Redis has forgotten a CONFIG SET: enable them again.
-                            if let NotifyConfig::NotPermitted(e) = ensure_notifications(&store).await {
-                                eprintln!("listener: {NOTIFY_HELP} ({e})");
-                            }
-                            sweep_now.notify_waiters();
-                        }
-                        Push::Other => {}
-                    }
-                }
-                if !batch.is_empty() {
-                    match store.capture(&batch, Via::Notification).await {
-                        Ok((e, _, _)) => {
-                            stats.emitted.fetch_add(e, Ordering::Relaxed);
-                        }
-                        // A failed capture loses nothing: the index entries stay, and the
-                        // sweeper captures them.
-                        Err(err) => {
-                            eprintln!("listener: capture failed ({err}); the sweeper will take these keys");
-                            sweep_now.notify_waiters();
+                            Action::Warn(w) => eprintln!("{w}"),
                         }
                     }
-                    batch.clear();
+                    todo = next;
                 }
+                stats.publish(m.counts());
             }
         }
     }

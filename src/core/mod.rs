@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod handler;
+pub mod listener;
 pub mod sync;
 
 pub use handler::{Delivery, Handler, HandlerError, HandlerFuture};

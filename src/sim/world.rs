@@ -17,6 +17,7 @@ use super::checker::Checker;
 use super::options::{Options, Persistence};
 use super::rng::{Fnv, Rng};
 use crate::core::consumer::{self as machine, Command, Failure, Handled, Input, Machine};
+use crate::core::listener::{Action as ListenerAction, Heard, ListenerMachine};
 use crate::core::{encode_entry, CommitOutcome, Effect, HandlerError, Via};
 use crate::store::model::Model;
 use crate::store::ModelStore;
@@ -130,10 +131,20 @@ struct Op {
     kind: OpKind,
 }
 
+/// A listener process: the production listener's decisions ([`ListenerMachine`]), fed what
+/// its subscription hears.
 struct Listener {
     up: bool,
-    queue: Vec<Vec<u8>>,
+    machine: ListenerMachine,
+    queue: Vec<Heard>,
     scheduled: bool,
+}
+
+impl Listener {
+    /// A listener process that has just subscribed (started, restarted, or reconnected).
+    fn subscribed() -> Listener {
+        Listener { up: true, machine: ListenerMachine::new(0, None), queue: vec![Heard::Subscribed], scheduled: false }
+    }
 }
 
 struct Producer {
@@ -212,7 +223,7 @@ impl World {
             seq: 0,
             gens: BTreeMap::new(),
             producer: Producer { made: 0, next_key: 0, keys: vec![], done_at: None },
-            listeners: (0..opts.listeners).map(|_| Listener { up: true, queue: vec![], scheduled: false }).collect(),
+            listeners: (0..opts.listeners).map(|_| Listener::subscribed()).collect(),
             sweepers: vec![true; opts.sweepers as usize],
             consumers,
             ops: BTreeMap::new(),
@@ -344,7 +355,8 @@ impl World {
         }
         for i in 0..self.listeners.len() {
             if !self.listeners[i].up {
-                self.listeners[i].up = true;
+                self.listeners[i] = Listener::subscribed();
+                self.schedule_listener(i);
             }
         }
         self.store.model.subscribed = !self.listeners.is_empty();
@@ -386,14 +398,20 @@ impl World {
                 if self.pm(self.opts.faults.drop_notification) {
                     self.counts.drop_notification += 1;
                 } else {
-                    self.listeners[i].queue.push(n.clone());
+                    let channel = b"__keyevent@0__:expired".to_vec();
+                    self.listeners[i].queue.push(Heard::Message { channel, payload: n.clone() });
                 }
             }
-            if !self.listeners[i].queue.is_empty() && !self.listeners[i].scheduled {
-                self.listeners[i].scheduled = true;
-                let lat = self.opts.listener_latency_ms as i64;
-                self.schedule(Actor::Listener(i), lat);
-            }
+            self.schedule_listener(i);
+        }
+    }
+
+    /// The listener handles what it heard after its latency (once, however much arrives).
+    fn schedule_listener(&mut self, i: usize) {
+        if !self.listeners[i].queue.is_empty() && !self.listeners[i].scheduled {
+            self.listeners[i].scheduled = true;
+            let lat = self.opts.listener_latency_ms as i64;
+            self.schedule(Actor::Listener(i), lat);
         }
     }
 
@@ -501,10 +519,26 @@ impl World {
             self.listeners[i].queue.clear();
             return;
         }
-        let keys = std::mem::take(&mut self.listeners[i].queue);
-        let (e, m, d) = self.store.capture(&keys, Via::Notification);
-        self.counts.captured_notification += e;
-        self.log(format_args!("listener{i} capture {} -> {e}/{m}/{d}", keys.len()));
+        let heard = std::mem::take(&mut self.listeners[i].queue);
+        let mut todo = self.listeners[i].machine.heard(heard);
+        while !todo.is_empty() {
+            let mut next = vec![];
+            for a in todo {
+                match a {
+                    ListenerAction::Capture(keys) => {
+                        let (e, m, d) = self.store.capture(&keys, Via::Notification);
+                        self.counts.captured_notification += e;
+                        self.log(format_args!("listener{i} capture {} -> {e}/{m}/{d}", keys.len()));
+                        next.extend(self.listeners[i].machine.captured(Ok(e)));
+                    }
+                    ListenerAction::SweepNow => self.wake_sweepers(),
+                    // The model's notifications are on whenever someone listens.
+                    ListenerAction::EnsureNotifications => {}
+                    ListenerAction::Warn(w) => self.log(format_args!("listener{i} {w}")),
+                }
+            }
+            todo = next;
+        }
     }
 
     fn sweeper_step(&mut self, i: usize) {
@@ -581,18 +615,20 @@ impl World {
         if self.pm(f.kill_listener) && !self.listeners.is_empty() {
             let i = self.rng.below(self.listeners.len() as u64) as usize;
             let l = &mut self.listeners[i];
-            l.up = !l.up;
-            l.queue.clear();
+            // Killed, it hears nothing; restarted, it is a new process that subscribes.
+            *l = if l.up {
+                Listener { up: false, queue: vec![], ..Listener::subscribed() }
+            } else {
+                Listener::subscribed()
+            };
             let up = l.up;
             if !up {
                 self.counts.kill_listener += 1;
             }
             self.store.model.subscribed = self.up() && self.listeners.iter().any(|l| l.up);
             self.log(format_args!("fault kill_listener listener{i} up={up}"));
-            if up {
-                // A reconnected listener missed what expired meanwhile: sweep at once.
-                self.wake_sweepers();
-            }
+            // A restarted listener missed what expired meanwhile: its machine asks for a sweep.
+            self.schedule_listener(i);
         }
         if self.pm(f.kill_sweeper) && !self.sweepers.is_empty() {
             let i = self.rng.below(self.sweepers.len() as u64) as usize;
@@ -634,6 +670,8 @@ impl World {
         self.store.model.restarted();
         for l in &mut self.listeners {
             l.queue.clear();
+            // The connection is gone; it resubscribes when Redis is back (`redis_up`).
+            l.queue.push(Heard::Disconnected);
         }
         self.checker.restarted(kept_until);
         let down = self.rng.range(100, 1000) as i64;
@@ -645,7 +683,14 @@ impl World {
         self.redis_down_until = None;
         self.store.model.subscribed = self.listeners.iter().any(|l| l.up);
         self.log(format_args!("redis up"));
+        // Sweepers retry on their own; listeners hear their resubscription.
         self.wake_sweepers();
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].up {
+                self.listeners[i].queue.push(Heard::Subscribed);
+                self.schedule_listener(i);
+            }
+        }
     }
 
     fn settings(&self) -> machine::Settings {
