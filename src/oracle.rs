@@ -277,26 +277,6 @@ impl Verdict {
             .collect()
     }
 
-    /// The witnesses as a Markdown table (for the run and scenario reports).
-    pub fn witness_table(&self) -> String {
-        format!(
-            "| handler runs | redeliveries | capture duplicates | stream entries unseen | external applied | external repeated | external fenced | external duplicates | external missing | effects without run | deleted while pending |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
-             | {} | {} | **{}** | {} | {} | {} | {} | **{}** | {} | {} | {} |\n",
-            self.handler_runs,
-            self.redeliveries,
-            self.capture_duplicates,
-            self.stream_entries_unseen,
-            self.external_applied,
-            self.external_repeated,
-            self.external_fenced,
-            self.external_duplicates,
-            self.external_missing,
-            self.effects_without_run,
-            self.deleted_while_pending
-        )
-    }
-
     /// One line for people: the verdict, and the witnesses beside it.
     pub fn line(&self) -> String {
         format!(

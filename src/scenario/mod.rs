@@ -42,7 +42,7 @@ pub enum ScenarioCmd {
         /// Redis: `container`, `process`, `auto`, or a redis:// URL (default: EXPIRY_STREAM_REDIS, else auto).
         #[arg(long)]
         redis: Option<String>,
-        /// Write the JSON report here (the Markdown report goes beside it, as .md).
+        /// Write the JSON report here (the Markdown and HTML reports go beside it, as .md and .html).
         /// Default: reports/scenarios/NAME.json.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -54,14 +54,17 @@ pub enum ScenarioCmd {
     Check { file: PathBuf },
 }
 
-/// Writes the JSON report at `path` and the Markdown report beside it.
+/// Writes the JSON report at `path` and, beside it, the same report model rendered as
+/// Markdown (`.md`) and as an HTML page (`.html`).
 pub fn write_report(report: &Report, path: &Path) -> anyhow::Result<PathBuf> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
     std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+    let doc = report.doc();
     let md = path.with_extension("md");
-    std::fs::write(&md, report.markdown())?;
+    std::fs::write(&md, doc.markdown())?;
+    std::fs::write(path.with_extension("html"), doc.html(""))?;
     Ok(md)
 }
 
@@ -106,7 +109,7 @@ pub async fn main(args: ScenarioArgs) -> anyhow::Result<i32> {
             let r = run(&s, &opts).await?;
             let md = write_report(&r, &report_path)?;
             println!("{}", r.summary());
-            println!("report: {} and {}", report_path.display(), md.display());
+            println!("report: {}, {} and {}", report_path.display(), md.display(), md.with_extension("html").display());
             Ok(if r.passed() { 0 } else { 1 })
         }
     }

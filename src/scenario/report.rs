@@ -4,13 +4,13 @@
 //! to run) is what the snapshot tests compare.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use super::procs::Exit;
 use super::spec::{Fault, RedisSpec, Topology, Workload};
 use crate::oracle::{Latency, Verdict};
+use crate::report::{oracle_sections, Block, Doc, Section, Table};
 
 /// One planned firing of a fault (deterministic: from the file and its seed).
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -166,91 +166,95 @@ impl Report {
         })
     }
 
-    /// The human report.
-    pub fn markdown(&self) -> String {
-        let mut s = String::new();
-        let o = &self.oracle;
-        let _ = writeln!(s, "# Scenario `{}`: {}\n", self.scenario, self.verdict);
-        if !self.description.is_empty() {
-            let _ = writeln!(s, "{}\n", self.description.trim());
-        }
-        let _ = writeln!(s, "- file: `{}`, seed {}", self.file, self.seed);
-        let _ = writeln!(s, "- run again: `{}`", self.replay);
-        let _ = writeln!(s, "- Redis: {}", self.backend);
+    /// The scenario as the one report model ([`Doc`]), rendered by [`Report::markdown`].
+    pub fn doc(&self) -> Doc {
+        let mut facts = vec![
+            format!("file: `{}`, seed {}", self.file, self.seed),
+            format!("run again: `{}`", self.replay),
+            format!("Redis: {}", self.backend),
+        ];
         if !self.unsafe_switches.is_empty() {
-            let _ = writeln!(s, "- **unsafe switches in consumers: `{}`** (test-only)", self.unsafe_switches);
+            facts.push(format!("**unsafe switches in consumers: `{}`** (test-only)", self.unsafe_switches));
         }
-        let _ = writeln!(
-            s,
-            "- wall {:.1} s (produce {:.1} s, drain {:.1} s); processes spawned: {}; logs: `{}`\n",
+        facts.push(format!(
+            "wall {:.1} s (produce {:.1} s, drain {:.1} s); processes spawned: {}; logs: `{}`",
             self.timings.wall_s, self.timings.produce_s, self.timings.drain_s, self.processes_spawned, self.logs
-        );
-        let _ = writeln!(s, "## Oracle (created vs effected)\n");
-        let _ = writeln!(s, "| created | effected | lost | duplicate effects | unexpected effects | dead-lettered |");
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |\n",
-            o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects, o.dead_lettered
-        );
+        ));
+        let mut sections = oracle_sections(&self.oracle);
         let a = &self.acknowledged;
-        let _ = writeln!(s, "## Witnesses outside the commit path (ADR 009)\n");
-        let _ = writeln!(s, "{}", o.witness_table());
-        let _ = writeln!(
-            s,
+        sections[1].blocks.push(Block::Text(format!(
             "Harness witnesses: {} creations acknowledged to the producer, {} of them missing from Redis; \
-             {} effects rolled back by Redis restarts.\n",
+             {} effects rolled back by Redis restarts.",
             a.created, a.lost, a.effects_rolled_back
-        );
-        for r in &a.restarts {
-            let _ = writeln!(
-                s,
-                "- restart (appendfsync {}), down {} ms: created ledger {} -> {}, effects ledger {} -> {}",
-                r.appendfsync, r.down_ms, r.created_before, r.created_after, r.effects_before, r.effects_after
-            );
-        }
+        )));
         if !a.restarts.is_empty() {
-            s.push('\n');
+            sections[1].blocks.push(Block::List(
+                a.restarts
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "restart (appendfsync {}), down {} ms: created ledger {} -> {}, effects ledger {} -> {}",
+                            r.appendfsync,
+                            r.down_ms,
+                            r.created_before,
+                            r.created_after,
+                            r.effects_before,
+                            r.effects_after
+                        )
+                    })
+                    .collect(),
+            ));
         }
-        let _ = writeln!(s, "## Faults injected\n");
-        let _ = writeln!(s, "| # | kind | planned | fired | counts |");
-        let _ = writeln!(s, "|---:|---|---:|---:|---|");
+        let mut faults =
+            Table::new(&[("#", true), ("kind", false), ("planned", true), ("fired", true), ("counts", false)]);
         for (i, f) in self.faults.iter().enumerate() {
             let counts: Vec<String> = f.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let _ = writeln!(s, "| {i} | {} | {} | {} | {} |", f.kind, f.planned, f.fired, counts.join(", "));
+            faults = faults.row(vec![
+                i.to_string(),
+                f.kind.clone(),
+                f.planned.to_string(),
+                f.fired.to_string(),
+                counts.join(", "),
+            ]);
         }
-        let _ = writeln!(s, "\n## Expectations\n");
-        let _ = writeln!(s, "| expectation | expected | actual | |");
-        let _ = writeln!(s, "|---|---|---|---|");
+        sections.push(Section::new("Faults injected", vec![Block::Table(faults)]));
+        let mut expectations =
+            Table::new(&[("expectation", false), ("expected", false), ("actual", false), ("", false)]);
         for e in &self.expectations {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                e.name,
-                e.expected,
-                e.actual,
-                if e.ok { "ok" } else { "**FAILED**" }
-            );
+            let verdict = if e.ok { "ok" } else { "**FAILED**" };
+            expectations = expectations.row(vec![e.name.clone(), e.expected.clone(), e.actual.clone(), verdict.into()]);
         }
+        sections.push(Section::new("Expectations", vec![Block::Table(expectations)]));
         if !self.unexpected_exits.is_empty() {
-            let _ = writeln!(s, "\n## Unexpected process exits\n");
-            for x in &self.unexpected_exits {
-                let _ = writeln!(s, "- {} {} (pid {}): {}", x.role.name(), x.index, x.pid, x.status);
-            }
+            let exits = self
+                .unexpected_exits
+                .iter()
+                .map(|x| format!("{} {} (pid {}): {}", x.role.name(), x.index, x.pid, x.status))
+                .collect();
+            sections.push(Section::new("Unexpected process exits", vec![Block::List(exits)]));
         }
-        let _ = writeln!(s, "\n## Beside the verdict (not used by it)\n");
-        let _ = writeln!(
-            s,
-            "- deadline to effect, ms: p50 {} p99 {} max {}",
-            self.deadline_to_effect_ms.p50, self.deadline_to_effect_ms.p99, self.deadline_to_effect_ms.max
-        );
         let lib: Vec<String> = self.library.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "- library counters: {}", lib.join(", "));
-        let _ = writeln!(s, "- producer retries: {}", self.producer_retries);
+        let l = &self.deadline_to_effect_ms;
+        let mut beside = vec![
+            format!("deadline to effect, ms: p50 {} p99 {} max {}", l.p50, l.p99, l.max),
+            format!("library counters: {}", lib.join(", ")),
+            format!("producer retries: {}", self.producer_retries),
+        ];
         if !self.lost_sample.is_empty() {
-            let _ = writeln!(s, "- lost sample: {}", self.lost_sample.join(", "));
+            beside.push(format!("lost sample: {}", self.lost_sample.join(", ")));
         }
-        s
+        sections.push(Section::new("Beside the verdict (not used by it)", vec![Block::List(beside)]));
+        Doc {
+            title: format!("Scenario `{}`: {}", self.scenario, self.verdict),
+            paragraphs: if self.description.is_empty() { vec![] } else { vec![self.description.clone()] },
+            facts,
+            sections,
+        }
+    }
+
+    /// The human report (Markdown).
+    pub fn markdown(&self) -> String {
+        self.doc().markdown()
     }
 
     /// One line for the terminal.
