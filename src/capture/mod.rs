@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::core::listener::{Action, Heard, ListenerCounts, ListenerMachine};
+use crate::core::listener::{notify_classes_to_set, Action, Heard, ListenerCounts, ListenerMachine};
 use crate::core::Via;
 use crate::store::notify::Push;
 use crate::store::RedisStore;
@@ -48,18 +48,9 @@ pub async fn ensure_notifications(store: &RedisStore) -> NotifyConfig {
         Ok(v) => v,
         Err(e) => return NotifyConfig::NotPermitted(e.to_string()),
     };
-    let has_e = cur.contains('E');
-    let has_x = cur.contains('x') || cur.contains('A');
-    if has_e && has_x {
+    let Some(new) = notify_classes_to_set(&cur) else {
         return NotifyConfig::AlreadyEnabled(cur);
-    }
-    let mut new = cur.clone();
-    if !has_e {
-        new.push('E');
-    }
-    if !has_x {
-        new.push('x');
-    }
+    };
     match store.set_notify_config(&new).await {
         Ok(()) => NotifyConfig::Enabled { was: cur, now: new },
         Err(e) => NotifyConfig::NotPermitted(e.to_string()),

@@ -105,9 +105,38 @@ impl ListenerMachine {
     }
 }
 
+/// The `notify-keyspace-events` value that adds keyevent notifications (`E`) for expirations
+/// (`x`, or `A` for all) to `current`, keeping every class already there; None when both are
+/// on already.
+pub fn notify_classes_to_set(current: &str) -> Option<String> {
+    let has_e = current.contains('E');
+    let has_x = current.contains('x') || current.contains('A');
+    if has_e && has_x {
+        return None;
+    }
+    let mut new = current.to_string();
+    if !has_e {
+        new.push('E');
+    }
+    if !has_x {
+        new.push('x');
+    }
+    Some(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notification_classes_are_added_only_where_missing_and_others_are_kept() {
+        assert_eq!(notify_classes_to_set(""), Some("Ex".into()));
+        assert_eq!(notify_classes_to_set("Kx"), Some("KxE".into()));
+        assert_eq!(notify_classes_to_set("Eg"), Some("Egx".into()));
+        assert_eq!(notify_classes_to_set("xE"), None);
+        assert_eq!(notify_classes_to_set("KEA"), None);
+        assert_eq!(notify_classes_to_set("KA"), Some("KAE".into()));
+    }
 
     fn msg(channel: &str, key: &str) -> Heard {
         Heard::Message { channel: channel.as_bytes().to_vec(), payload: key.as_bytes().to_vec() }

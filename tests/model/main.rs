@@ -617,10 +617,12 @@ async fn the_production_consumer_runs_on_the_model_and_applies_each_event_once()
     let committer = Committer::spawn(store.clone(), cfg.ledger, 64);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = vec![];
+    let mut stats = vec![];
     for n in &names {
         let (s, h, c, cm, rx) = (store.clone(), handler.clone(), cfg.clone(), committer.clone(), stop_rx.clone());
-        let stats = Arc::new(ConsumerStats::default());
-        tasks.push(tokio::spawn(consume::run_consumer(s, n.clone(), h, c, stats, cm, rx, false)));
+        let st = Arc::new(ConsumerStats::default());
+        stats.push(st.clone());
+        tasks.push(tokio::spawn(consume::run_consumer(s, n.clone(), h, c, st, cm, rx, false)));
     }
 
     // Capture as the keys fall due (the sweeper's script), until every key is in the stream.
@@ -667,4 +669,9 @@ async fn the_production_consumer_runs_on_the_model_and_applies_each_event_once()
     assert!(twice.is_empty(), "applied more than once: {twice:?}");
     assert_eq!(per_key.len(), KEYS, "lost: {} of {KEYS} never applied", KEYS - per_key.len());
     assert!(per_key.values().all(|c| c[0] != names[0]), "the killed consumer applied nothing");
+    // The library's counters, held to what happened: the survivors committed every event and
+    // took over at least what the killed one held.
+    let survivors: Vec<_> = stats[1..].iter().map(|s| s.snapshot()).collect();
+    assert_eq!(survivors.iter().map(|c| c.committed).sum::<u64>(), KEYS as u64, "{survivors:?}");
+    assert!(survivors.iter().map(|c| c.reclaimed).sum::<u64>() >= killed_holding as u64, "{survivors:?}");
 }
