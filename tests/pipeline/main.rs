@@ -48,6 +48,7 @@ async fn capture_is_exactly_once_with_three_listeners_and_two_sweepers() {
         }
     }
     ctx.until("index empty", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 0 }).await;
+    let listener_stats = run.listener_stats.clone();
     run.shutdown().await.unwrap();
     let entries = ctx.stream().await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -58,11 +59,15 @@ async fn capture_is_exactly_once_with_three_listeners_and_two_sweepers() {
     assert!(seen.values().all(|n| *n == 1), "an event was captured twice");
     assert!(created.keys().all(|id| seen.contains_key(id)), "an expiration was not captured");
     let via: Vec<String> = entries.iter().map(|e| field_str(e, "via")).collect();
-    eprintln!(
-        "captured by listener {} sweeper {}",
-        via.iter().filter(|v| *v == "n").count(),
-        via.iter().filter(|v| *v == "s").count()
-    );
+    let by_listener = via.iter().filter(|v| *v == "n").count() as u64;
+    eprintln!("captured by listener {by_listener} sweeper {}", via.iter().filter(|v| *v == "s").count());
+    // The listeners' own counters, held to the stream: what they say they emitted is what the
+    // stream holds from notifications, and each heard at least that many.
+    let load = |f: fn(&expiry_stream::capture::ListenerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        listener_stats.iter().map(|s| f(s).load(std::sync::atomic::Ordering::Relaxed)).sum()
+    };
+    assert_eq!(load(|s| &s.emitted), by_listener, "listener counters vs the stream");
+    assert!(load(|s| &s.notifications) >= by_listener, "listener counters vs the stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,4 +634,28 @@ async fn a_consumer_reads_again_after_a_reconnect_slower_than_its_pauses() {
     ctx.until("the second batch drained: the consumer reads again", Duration::from_secs(15), || ctx.drained()).await;
     run.shutdown().await.unwrap();
     verdict_ok(&ctx, 40, 0).await;
+}
+
+/// With listeners alone (no sweeper), every expiration is captured from its notification, and
+/// the listeners' own counters say what happened: what they emitted is what the stream holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_alone_capture_every_expiration_and_count_what_they_emitted() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ctx = Ctx::new("listenonly").await;
+    let mut run = Running::default();
+    run.listeners(&ctx.store, 2, 0, Some(b"lo:".to_vec()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let names: Vec<String> = (0..300).map(|i| format!("lo:{i}")).collect();
+    ctx.create(&names.iter().map(|k| (k.as_str(), "v", 20)).collect::<Vec<_>>()).await;
+    ctx.until("index empty", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 0 }).await;
+    let stats = run.listener_stats.clone();
+    run.shutdown().await.unwrap();
+    let entries = ctx.stream().await;
+    assert_eq!(entries.len(), 300, "one entry per expiration");
+    assert!(entries.iter().all(|e| field_str(e, "via") == "n"), "captured from notifications only");
+    let emitted: u64 = stats.iter().map(|s| s.emitted.load(Relaxed)).sum();
+    let heard: u64 = stats.iter().map(|s| s.notifications.load(Relaxed)).sum();
+    assert_eq!(emitted, 300, "listener counters vs the stream");
+    // Both listeners hear every expiration; one of the two emits it.
+    assert!(heard >= 600, "notifications heard by two listeners: {heard}");
 }
