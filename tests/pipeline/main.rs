@@ -659,3 +659,49 @@ async fn listeners_alone_capture_every_expiration_and_count_what_they_emitted() 
     // Both listeners hear every expiration; one of the two emits it.
     assert!(heard >= 600, "notifications heard by two listeners: {heard}");
 }
+
+/// A consumer that left holding nothing is removed from the group once idle past `prune_idle`
+/// (consumer 0 of a process prunes, every quarter of that): names of departed processes do
+/// not pile up in the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_idle_consumer_is_pruned_from_the_group() {
+    let ctx = Ctx::new("prune").await;
+    let mut c = ctx.conn().await;
+    // A consumer that holds nothing and is gone.
+    let created: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&ctx.store.keys.stream)
+        .arg("g")
+        .arg("ghost")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(created, 1);
+    let consumers = || async {
+        let mut c = ctx.conn().await;
+        let v: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&ctx.store.keys.stream)
+            .arg("g")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        v.iter()
+            .filter_map(|m| match m.get("name") {
+                Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    let before = consumers().await;
+    assert!(before.contains(&"ghost".to_string()), "{before:?}");
+    let cfg = ConsumerConfig { prune_idle: Duration::from_millis(400), ..fast_consumers() };
+    let mut run = Running::default();
+    run.consumers(&ctx.store, 1, "c", RecordHandler::new(&ctx.store, Duration::ZERO), &cfg);
+    // Due at about 400-500 ms (idle past 400 ms, checked every 100 ms).
+    ctx.until("the departed consumer is pruned", Duration::from_millis(1200), || async {
+        !consumers().await.contains(&"ghost".to_string())
+    })
+    .await;
+    run.shutdown().await.unwrap();
+}
