@@ -570,6 +570,8 @@ proptest! {
 struct PushEffect {
     effects: String,
     slow: String,
+    /// Every event takes this long to handle.
+    work: Duration,
 }
 
 impl expiry_stream::consume::Handler for PushEffect {
@@ -582,6 +584,7 @@ impl expiry_stream::consume::Handler for PushEffect {
             if d.consumer == self.slow {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
+            tokio::time::sleep(self.work).await;
             let rec = format!("{}|{}", event.key_lossy(), d.consumer);
             Ok(vec![Effect::new("RPUSH", [self.effects.as_bytes(), rec.as_bytes()])])
         })
@@ -606,7 +609,7 @@ async fn the_production_consumer_runs_on_the_model_and_applies_each_event_once()
     store.with(|m| m.write_batch(&items));
     let effects = store.with(|m| m.keys.effects.clone());
     let names: Vec<String> = (0..3).map(|i| consume::consumer_name("c", i)).collect();
-    let handler = Arc::new(PushEffect { effects: effects.clone(), slow: names[0].clone() });
+    let handler = Arc::new(PushEffect { effects: effects.clone(), slow: names[0].clone(), work: Duration::ZERO });
     let cfg = ConsumerConfig {
         batch: 8,
         block: Duration::from_millis(20),
@@ -674,4 +677,175 @@ async fn the_production_consumer_runs_on_the_model_and_applies_each_event_once()
     let survivors: Vec<_> = stats[1..].iter().map(|s| s.snapshot()).collect();
     assert_eq!(survivors.iter().map(|c| c.committed).sum::<u64>(), KEYS as u64, "{survivors:?}");
     assert!(survivors.iter().map(|c| c.reclaimed).sum::<u64>() >= killed_holding as u64, "{survivors:?}");
+}
+
+/// The model store with a connection that fails `fails` times first, retryably or not (the
+/// rest is the model, unchanged): for the driver's connection retries.
+#[derive(Clone)]
+struct FailingConnects {
+    inner: expiry_stream::store::SharedModel,
+    fails: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    retryable: bool,
+}
+
+impl expiry_stream::store::Store for FailingConnects {
+    type Conn = ();
+
+    async fn dedicated(&self) -> expiry_stream::store::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fails.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(if self.retryable {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)).into()
+            } else {
+                expiry_stream::store::StoreError::Unsupported("no such server".into())
+            });
+        }
+        Ok(())
+    }
+    async fn ensure_group(&self) -> expiry_stream::store::Result<()> {
+        self.inner.ensure_group().await
+    }
+    async fn read_new(
+        &self,
+        c: &mut (),
+        n: &str,
+        count: usize,
+        block: Duration,
+    ) -> expiry_stream::store::Result<Vec<expiry_stream::store::RawEntry>> {
+        self.inner.read_new(c, n, count, block).await
+    }
+    async fn reclaim(
+        &self,
+        c: &mut (),
+        n: &str,
+        idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> expiry_stream::store::Result<expiry_stream::store::Claimed> {
+        self.inner.reclaim(c, n, idle, cursor, count).await
+    }
+    async fn commit_group(
+        &self,
+        l: LedgerConfig,
+        items: &[(&str, &CommitItem<'_>)],
+    ) -> expiry_stream::store::Result<Vec<CommitOutcome>> {
+        self.inner.commit_group(l, items).await
+    }
+    async fn dead_letter(&self, c: &mut (), n: &str, id: &str, t: u64, r: &str) -> expiry_stream::store::Result<bool> {
+        self.inner.dead_letter(c, n, id, t, r).await
+    }
+    async fn retry(&self, c: &mut (), n: &str, id: &str, t: u64) -> expiry_stream::store::Result<Option<u64>> {
+        self.inner.retry(c, n, id, t).await
+    }
+    async fn release(&self, c: &mut (), n: &str, ids: &[String], idle: Duration) -> expiry_stream::store::Result<u64> {
+        self.inner.release(c, n, ids, idle).await
+    }
+    async fn prune_consumers(&self, idle: Duration) -> expiry_stream::store::Result<u64> {
+        self.inner.prune_consumers(idle).await
+    }
+}
+
+/// One production consumer on `store` until `stop` (or its sender's drop) ends it.
+fn spawn_consumer<S: expiry_stream::store::Store>(
+    store: S,
+    name: &str,
+    cfg: &expiry_stream::consume::ConsumerConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+    work: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    use expiry_stream::consume::{self, Committer, ConsumerStats};
+    let effects = "drv-effects".to_string();
+    let handler = std::sync::Arc::new(PushEffect { effects, slow: String::new(), work });
+    let committer = Committer::spawn(store.clone(), cfg.ledger, 64);
+    let stats = std::sync::Arc::new(ConsumerStats::default());
+    tokio::spawn(consume::run_consumer(store, name.to_string(), handler, cfg.clone(), stats, committer, stop, false))
+}
+
+fn shared_model(ns: &str) -> expiry_stream::store::SharedModel {
+    expiry_stream::store::SharedModel::new(ModelStore::new(Model::new(1_000_000), ns, "g"))
+}
+
+/// A consumer whose connections cannot be made yet retries while the failure is a connection's
+/// (a restart storm must not take consumers down), and gives up at once on any other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_retries_connecting_only_while_the_connection_is_what_fails() {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    let cfg = expiry_stream::consume::ConsumerConfig::default();
+    let flaky = FailingConnects { inner: shared_model("cr"), fails: Arc::new(AtomicU32::new(3)), retryable: true };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let t = spawn_consumer(flaky.clone(), "c-retry", &cfg, rx, Duration::ZERO);
+    let t0 = std::time::Instant::now();
+    while flaky.fails.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the consumer stopped retrying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), t).await.expect("the consumer ends at stop").unwrap();
+    assert!(r.is_ok(), "connected after three refused attempts, then ran: {r:?}");
+
+    let broken = FailingConnects { inner: shared_model("cn"), fails: Arc::new(AtomicU32::new(1)), retryable: false };
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let t = spawn_consumer(broken, "c-broken", &cfg, rx, Duration::ZERO);
+    let r = tokio::time::timeout(Duration::from_secs(20), t).await.expect("a non-connection error ends it").unwrap();
+    assert!(r.unwrap_err().to_string().contains("no such server"), "the real reason is reported");
+}
+
+/// Nobody can ask a consumer to stop once its stop sender is gone: it stops by itself
+/// (finishing and committing what it started) rather than run on unstoppable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_stop_sender_is_dropped_stops() {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let cfg = expiry_stream::consume::ConsumerConfig::default();
+    let t = spawn_consumer(shared_model("drop"), "c-drop", &cfg, rx, Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stop);
+    let r = tokio::time::timeout(Duration::from_secs(20), t).await.expect("the consumer stops").unwrap();
+    assert!(r.is_ok(), "{r:?}");
+}
+
+/// What a consumer read but never started is released at stop, marked idle long enough that
+/// another consumer reclaims it at once, not a whole claim timeout later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_released_at_stop_are_reclaimed_at_once_by_another_consumer() {
+    let store = shared_model("rel");
+    let items: Vec<(Vec<u8>, Vec<u8>, Duration)> =
+        (0..40).map(|i| (format!("r{i}").into_bytes(), b"v".to_vec(), Duration::from_millis(1))).collect();
+    store.with(|m| m.write_batch(&items));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.with(|m| m.sweep(100)).emitted, 40);
+    // A long claim timeout: only a release makes the entries claimable soon.
+    let cfg = expiry_stream::consume::ConsumerConfig {
+        batch: 8,
+        block: Duration::from_millis(20),
+        claim_idle: Duration::from_secs(30),
+        claim_interval: Duration::from_millis(50),
+        ..expiry_stream::consume::ConsumerConfig::default()
+    };
+    // The first consumer handles slowly, so its next read waits unstarted (read-ahead) when
+    // it is stopped: those entries are released, not handled.
+    let (stop_a, rx) = tokio::sync::watch::channel(false);
+    let a = spawn_consumer(store.clone(), "c-a", &cfg, rx, Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    while store.with(|m| m.pending_all()).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nothing was read ahead");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop_a.send(true).unwrap();
+    a.await.unwrap().unwrap();
+    let released = store.with(|m| m.pending_all());
+    assert!(!released.is_empty(), "the stopped consumer released nothing: the test did not bite");
+    let (stop_b, rx) = tokio::sync::watch::channel(false);
+    let b = spawn_consumer(store.clone(), "c-b", &cfg, rx, Duration::ZERO);
+    let t1 = std::time::Instant::now();
+    while !store.with(|m| m.backlog()).is_empty() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "released entries still pending 10 s later (claim timeout 30 s): {:?}",
+            store.with(|m| m.pending_all())
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_b.send(true).unwrap();
+    b.await.unwrap().unwrap();
 }
