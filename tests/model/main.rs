@@ -849,3 +849,18 @@ async fn entries_released_at_stop_are_reclaimed_at_once_by_another_consumer() {
     stop_b.send(true).unwrap();
     b.await.unwrap().unwrap();
 }
+
+/// A server that never lets a consumer connect still ends it, with the connection error, after
+/// 50 retries 100 ms apart (about five seconds): the 51st failure is the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_never_connects_gives_up_after_fifty_retries() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let cfg = expiry_stream::consume::ConsumerConfig::default();
+    let never = FailingConnects { inner: shared_model("nv"), fails: Arc::new(AtomicU32::new(51)), retryable: true };
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let t = spawn_consumer(never.clone(), "c-never", &cfg, rx, Duration::ZERO);
+    let r = tokio::time::timeout(Duration::from_secs(60), t).await.expect("it gives up").unwrap();
+    assert!(r.unwrap_err().to_string().contains("redis connection"), "the connection error is the reason");
+    assert_eq!(never.fails.load(SeqCst), 0, "all 51 attempts were made");
+}
