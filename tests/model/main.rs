@@ -686,6 +686,8 @@ struct FailingConnects {
     inner: expiry_stream::store::SharedModel,
     fails: std::sync::Arc<std::sync::atomic::AtomicU32>,
     retryable: bool,
+    /// The consumers of each group commit call, in call order.
+    commits: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
 }
 
 impl expiry_stream::store::Store for FailingConnects {
@@ -729,6 +731,9 @@ impl expiry_stream::store::Store for FailingConnects {
         l: LedgerConfig,
         items: &[(&str, &CommitItem<'_>)],
     ) -> expiry_stream::store::Result<Vec<CommitOutcome>> {
+        self.commits.lock().unwrap().push(items.iter().map(|(c, _)| c.to_string()).collect());
+        // A round trip's worth of time, as a server's commit takes.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         self.inner.commit_group(l, items).await
     }
     async fn dead_letter(&self, c: &mut (), n: &str, id: &str, t: u64, r: &str) -> expiry_stream::store::Result<bool> {
@@ -772,7 +777,12 @@ async fn a_consumer_retries_connecting_only_while_the_connection_is_what_fails()
     use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
     let cfg = expiry_stream::consume::ConsumerConfig::default();
-    let flaky = FailingConnects { inner: shared_model("cr"), fails: Arc::new(AtomicU32::new(3)), retryable: true };
+    let flaky = FailingConnects {
+        inner: shared_model("cr"),
+        fails: Arc::new(AtomicU32::new(3)),
+        retryable: true,
+        commits: Arc::default(),
+    };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let t = spawn_consumer(flaky.clone(), "c-retry", &cfg, rx, Duration::ZERO);
     let t0 = std::time::Instant::now();
@@ -784,7 +794,12 @@ async fn a_consumer_retries_connecting_only_while_the_connection_is_what_fails()
     let r = tokio::time::timeout(Duration::from_secs(20), t).await.expect("the consumer ends at stop").unwrap();
     assert!(r.is_ok(), "connected after three refused attempts, then ran: {r:?}");
 
-    let broken = FailingConnects { inner: shared_model("cn"), fails: Arc::new(AtomicU32::new(1)), retryable: false };
+    let broken = FailingConnects {
+        inner: shared_model("cn"),
+        fails: Arc::new(AtomicU32::new(1)),
+        retryable: false,
+        commits: Arc::default(),
+    };
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let t = spawn_consumer(broken, "c-broken", &cfg, rx, Duration::ZERO);
     let r = tokio::time::timeout(Duration::from_secs(20), t).await.expect("a non-connection error ends it").unwrap();
@@ -857,10 +872,73 @@ async fn a_consumer_that_never_connects_gives_up_after_fifty_retries() {
     use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
     use std::sync::Arc;
     let cfg = expiry_stream::consume::ConsumerConfig::default();
-    let never = FailingConnects { inner: shared_model("nv"), fails: Arc::new(AtomicU32::new(51)), retryable: true };
+    let never = FailingConnects {
+        inner: shared_model("nv"),
+        fails: Arc::new(AtomicU32::new(51)),
+        retryable: true,
+        commits: Arc::default(),
+    };
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let t = spawn_consumer(never.clone(), "c-never", &cfg, rx, Duration::ZERO);
     let r = tokio::time::timeout(Duration::from_secs(60), t).await.expect("it gives up").unwrap();
     assert!(r.unwrap_err().to_string().contains("redis connection"), "the connection error is the reason");
     assert_eq!(never.fails.load(SeqCst), 0, "all 51 attempts were made");
+}
+
+/// The consumers of a process hand their batches to one committer, which sends what has
+/// gathered as one script call: with more consumers than calls in flight (4) and commits that
+/// take a round trip, calls mixing consumers happen, and no entry is committed twice or left
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_committer_sends_batches_of_several_consumers_in_one_call() {
+    use expiry_stream::consume::{self, Committer, ConsumerConfig, ConsumerStats};
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    let store = FailingConnects {
+        inner: shared_model("grp"),
+        fails: Arc::new(AtomicU32::new(0)),
+        retryable: true,
+        commits: Arc::default(),
+    };
+    let items: Vec<(Vec<u8>, Vec<u8>, Duration)> =
+        (0..400).map(|i| (format!("g{i}").into_bytes(), b"v".to_vec(), Duration::from_millis(1))).collect();
+    store.inner.with(|m| m.write_batch(&items));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.inner.with(|m| m.sweep(1000)).emitted, 400);
+    let cfg = ConsumerConfig { batch: 8, block: Duration::from_millis(20), ..ConsumerConfig::default() };
+    let handler =
+        Arc::new(PushEffect { effects: "grp-effects".into(), slow: String::new(), work: Duration::from_millis(1) });
+    let committer = Committer::spawn(store.clone(), cfg.ledger, 64);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let stats = Arc::new(ConsumerStats::default());
+            let name = consume::consumer_name("g", i);
+            let f = consume::run_consumer(
+                store.clone(),
+                name,
+                handler.clone(),
+                cfg.clone(),
+                stats,
+                committer.clone(),
+                rx.clone(),
+                false,
+            );
+            tokio::spawn(f)
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    while !store.inner.with(|m| m.backlog()).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let calls = store.commits.lock().unwrap().clone();
+    let entries: usize = calls.iter().map(|c| c.len()).sum();
+    assert_eq!(entries, 400, "every entry committed once");
+    let mixed = calls.iter().filter(|c| c.iter().collect::<BTreeSet<_>>().len() > 1).count();
+    assert!(mixed > 0, "no commit call mixed consumers in {} calls", calls.len());
 }
