@@ -3,7 +3,8 @@
 //! letters, graceful shutdown. Every decision is the state machine's
 //! ([`crate::core::consumer::Machine`], which the simulator and loom drive too); this module
 //! is its tokio driver and the process's group committer. Knows no Redis command itself:
-//! every call goes through the store seam [`crate::store::Store`] (Redis in production, the model in `tests/model`).
+//! every call goes through the store seam [`crate::store::Store`] (Redis in production, the
+//! model in `tests/model`).
 
 use std::future::Future;
 use std::pin::Pin;
