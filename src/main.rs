@@ -57,18 +57,19 @@ struct Workload {
 
 #[derive(Args, Clone)]
 struct Consumers {
-    /// Consumers (tasks, each with its own connection).
-    #[arg(long, default_value_t = 64)]
+    /// Redis consumers in this process (each a dispatcher with its own connections and
+    /// `--workers` workers). The seed's layout is `--consumers 64 --workers 1 --batch 1`.
+    #[arg(long, default_value_t = 1)]
     consumers: usize,
     /// Simulated work per key, ms.
     #[arg(long, default_value_t = 5)]
     work_ms: u64,
-    /// Most entries per read: reads take one key while the consumer keeps up and grow toward
-    /// this only under a backlog (1: always one).
+    /// Most entries per read, and the most a consumer reads ahead of its idle workers (the
+    /// read-ahead starts at one and grows toward this only under a backlog).
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Handlers running at once per consumer.
-    #[arg(long, default_value_t = 1)]
+    /// Workers per consumer: handlers running at once, each entry to the worker idle longest.
+    #[arg(long = "workers", alias = "concurrency", default_value_t = 64)]
     concurrency: usize,
     /// Idle time before another consumer may claim an entry, ms.
     #[arg(long, default_value_t = 5000)]
@@ -164,7 +165,7 @@ enum Cmd {
         #[arg(long, default_value = "consumer")]
         name: String,
     },
-    /// Side by side on one Redis: the server's own expire-and-notify rate, then the pipeline with no pacing and no work.
+    /// Side by side on one Redis: the server's own expire-and-notify rate, the pipeline with no pacing and no work, deadline precision, both consumer layouts, memory.
     Bench {
         #[command(flatten)]
         common: Common,
@@ -185,6 +186,10 @@ enum Cmd {
         /// Long-lived (one hour) keys beside them.
         #[arg(long, default_value_t = 1_000_000)]
         background_keys: u64,
+        /// Keys of each consumer-layout run (10,000/s offered, `--work-ms` work): the
+        /// dispatcher (`--consumers`, `--workers`, `--batch`) and the seed's (64 x 1, reads of 1).
+        #[arg(long, default_value_t = 50_000)]
+        layout_keys: u64,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -363,7 +368,17 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("consume: {} consumer(s), handler {handler}", consumers.consumers);
             r.until_signal().await?;
         }
-        Cmd::Bench { common, keys, ttl_ms, mut consumers, bench_batch, precision_keys, background_keys, report } => {
+        Cmd::Bench {
+            common,
+            keys,
+            ttl_ms,
+            mut consumers,
+            bench_batch,
+            precision_keys,
+            background_keys,
+            layout_keys,
+            report,
+        } => {
             let (server, url) = provision(&common).await?;
             let desc = server_desc(&server, &url);
             let admin = Server::connect(&url).await?;
@@ -371,6 +386,7 @@ async fn main() -> anyhow::Result<()> {
             let own = bench::redis_expire_notify(&url, keys, ttl_ms).await?;
             admin.flushall().await?;
             eprintln!("bench (a) 2/2: the pipeline, {keys} keys, no pacing, no work, reads of {bench_batch}");
+            let work_ms = consumers.work_ms;
             consumers.work_ms = 0;
             let mut throughput = consumers.clone();
             throughput.batch = bench_batch.max(1);
@@ -410,6 +426,36 @@ async fn main() -> anyhow::Result<()> {
                     "captured": p.captured,
                 }));
             }
+            let mut layouts = vec![];
+            let seed_layout = Consumers { consumers: 64, concurrency: 1, batch: 1, ..consumers.clone() };
+            for (name, layout) in [("dispatcher", consumers.clone()), ("seed", seed_layout)] {
+                admin.flushall().await?;
+                let layout = Consumers { work_ms, ..layout };
+                eprintln!(
+                    "bench (d) {name}: {layout_keys} keys at 10,000/s, {} consumer(s) x {} worker(s), reads of at most {}, {work_ms} ms work",
+                    layout.consumers, layout.concurrency, layout.batch
+                );
+                let mut cfg = run_config(&layout, 1, 1, 120);
+                cfg.workload =
+                    WorkloadConfig { keys: layout_keys, ttl_ms: 100, delay_us: 100, ..WorkloadConfig::default() };
+                let (cpu0, client0) = (admin.cpu().await?, bench::process_cpu_us());
+                let l = run::run(&store, &cfg, &desc).await?;
+                let (cpu1, client1) = (admin.cpu().await?, bench::process_cpu_us());
+                let cost = bench::Cost::between(&cpu0, &cpu1, (client0, client1), l.oracle.created);
+                println!(
+                    "(d) {name}: {} x {}: {:.0} keys/s, spread {:.2}% over {} workers, deadline->effect p50 {} p99 {} ms, {}; verdict {}",
+                    layout.consumers, layout.concurrency, l.rate_keys_per_s, l.per_consumer.spread_pct, l.per_consumer.consumers,
+                    l.deadline_to_effect_ms.p50, l.deadline_to_effect_ms.p99, cost.line(),
+                    if l.oracle.ok() && l.drained { "PASS" } else { "FAIL" }
+                );
+                layouts.push(serde_json::json!({
+                    "layout": name, "consumers": layout.consumers, "workers": layout.concurrency, "batch": layout.batch,
+                    "work_ms": work_ms, "rate_keys_per_s": l.rate_keys_per_s, "per_consumer": l.per_consumer,
+                    "deadline_to_capture_ms": l.deadline_to_capture_ms, "deadline_to_effect_ms": l.deadline_to_effect_ms,
+                    "redis_cpu_us_per_event": cost.redis_cpu_us_per_event, "client_cpu_us_per_event": cost.client_cpu_us_per_event,
+                    "oracle": l.oracle, "drained": l.drained,
+                }));
+            }
             eprintln!("bench (c): Redis memory per tracked key, in-flight event and ledger id (100,000 each)");
             let mem = bench::memory(&url, 100_000).await?;
             let hour_ids = 10_000.0 * (3600.0 + 60.0);
@@ -424,7 +470,7 @@ async fn main() -> anyhow::Result<()> {
                 pipeline["redis_cpu_us_per_event"] = serde_json::json!(cost.redis_cpu_us_per_event);
                 pipeline["client_cpu_us_per_event"] = serde_json::json!(cost.client_cpu_us_per_event);
                 pipeline["cost"] = serde_json::to_value(&cost)?;
-                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": pipeline, "ratio": ratio, "precision": precision, "memory": mem });
+                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": pipeline, "ratio": ratio, "precision": precision, "memory": mem, "layouts": layouts });
                 write_json(&p, &v)?;
             }
             if let Some(s) = server {

@@ -61,7 +61,7 @@ fn created_records(events: &[(&[u8], i64)]) -> Vec<Vec<u8>> {
 /// The oracle's handler: waits `work` (the simulated cost of the real work), records the run
 /// and performs its external effect through the [`Witness`] (on the witness's own connection,
 /// before returning), then returns one Redis-side effect, an `RPUSH` of
-/// `"<event id>|<consumer>|<entry id>|<captured ms>|<effect ms>"` to the effects ledger,
+/// `"<event id>|<consumer>/w<worker>|<entry id>|<captured ms>|<effect ms>"` to the effects ledger,
 /// committed atomically with the ack.
 pub struct RecordHandler {
     pub effects_key: String,
@@ -83,7 +83,8 @@ impl Handler for RecordHandler {
             }
             // Unrecorded, the run must not count: fail it, and the delivery is retried.
             self.witness.record(event, d).await.map_err(|e| HandlerError::Transient(format!("oracle witness: {e}")))?;
-            let rec = format!("{}|{}|{}|{}|{}", event.event_id, d.consumer, d.entry_id, event.captured_ms, now_ms());
+            let rec =
+                format!("{}|{}|{}|{}|{}", event.event_id, d.worker_name(), d.entry_id, event.captured_ms, now_ms());
             Ok(vec![Effect::new("RPUSH", [self.effects_key.as_bytes(), rec.as_bytes()])])
         })
     }

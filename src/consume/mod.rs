@@ -1,6 +1,6 @@
-//! Consumers: batched `XREADGROUP` on a dedicated connection each, a handler per event, one
-//! fenced commit script call per batch, `XAUTOCLAIM` reclaim, retries with backoff, dead
-//! letters, graceful shutdown. Every decision is the state machine's
+//! Consumers: each a fair dispatcher (ADR 016) reading with `XREADGROUP` what its idle workers
+//! can take, a handler per event on the worker idle the longest, fenced commits as entries
+//! finish, `XAUTOCLAIM` reclaim, retries with backoff, dead letters, graceful shutdown. Every decision is the state machine's
 //! ([`crate::core::consumer::Machine`], which the simulator and loom drive too); this module
 //! is its tokio driver and the process's group committer. Knows no Redis command itself:
 //! every call goes through the store seam [`crate::store::Store`] (Redis in production, the
@@ -28,16 +28,18 @@ pub use crate::core::{Delivery, Handler, HandlerError, HandlerFuture};
 /// Consumer settings.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
-    /// Most entries per `XREADGROUP`/`XAUTOCLAIM` (reads start at one and grow toward this
-    /// only while they come back full, i.e. under a backlog).
+    /// Most entries per `XREADGROUP`/`XAUTOCLAIM`, and the most read ahead of the idle
+    /// workers (the read-ahead starts at one and grows toward this only while reads come
+    /// back full, i.e. under a backlog).
     pub batch: usize,
-    /// Handlers running at once within one consumer.
+    /// Workers: handlers running at once within one consumer, each entry to the worker idle
+    /// the longest (ADR 016).
     pub concurrency: usize,
     /// How long one `XREADGROUP` blocks.
     pub block: Duration,
-    /// Idle time after which another consumer may claim an entry. An entry is committed after
-    /// its whole read batch is handled, so keep this above `batch × handler p99 / concurrency`
-    /// (a consumer slower than that is fenced: safe, but its work is wasted).
+    /// Idle time after which another consumer may claim an entry. An entry waits for a worker
+    /// at most behind `batch` others, so keep this above `(batch / concurrency + 1) × handler
+    /// p99` (a consumer slower than that is fenced: safe, but its work is wasted).
     pub claim_idle: Duration,
     /// How often each consumer looks for claimable entries.
     pub claim_interval: Duration,
@@ -190,9 +192,9 @@ pub async fn run_consumer<S: Store>(
                         let _ = s.prune_consumers(idle).await;
                     });
                 }
-                Command::Handle { slot, entry_id, token, event } => {
+                Command::Handle { slot, worker, entry_id, token, event } => {
                     let h = handler.clone();
-                    let delivery = Delivery { entry_id, consumer: name.clone(), token };
+                    let delivery = Delivery { entry_id, consumer: name.clone(), token, worker };
                     ops.push(Box::pin(async move {
                         let result = h.handle(&event, &delivery).await;
                         Input::Handled { slot, result, unit: fastrand::f64() }

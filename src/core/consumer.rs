@@ -4,12 +4,15 @@
 //! model. So read-ahead, adaptive reads, the in-flight table, backoff, dead letters, the
 //! pipelined commit and the release at shutdown are one implementation, simulated and run.
 //!
-//! One consumer's cycle: a read (or, every `claim_interval`, a reclaim) fills `ready`; a batch
-//! is taken from it and its entries are handled, up to `concurrency` at once; while they run,
-//! the next read is already out (read-ahead). A finished batch becomes one commit; one commit
-//! is in flight at a time and the next batch is handled meanwhile. On stop, what was never
-//! started (the rest of the batch, read-ahead entries, a read still out) is released at once,
-//! what runs finishes and is committed, and then the machine says [`Command::Done`].
+//! One consumer is a fair dispatcher over `concurrency` workers (ADR 016). A read (or, every
+//! `claim_interval`, a reclaim) asks for what the idle workers can take, plus a small read-ahead
+//! that grows only while reads come back full (a backlog) and shrinks as it drains; so a
+//! consumer never holds more than its idle workers and that bound, and nothing it holds waits
+//! behind a batch. Each entry goes to the worker idle the longest (even load across workers).
+//! Handled entries are committed as they finish: one commit is in flight at a time, and what
+//! finishes meanwhile goes in the next. On stop, what was never started (read-ahead entries, a
+//! read still out) is released at once, what runs finishes and is committed, and then the
+//! machine says [`Command::Done`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -20,9 +23,9 @@ use super::{admit, after_handler, Admit, CommitOutcome, Effect, Event, HandlerEr
 /// time, ledger) belong to the I/O it does.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Most entries per read or reclaim.
+    /// Most entries per read or reclaim, and the most read ahead of the workers.
     pub batch: usize,
-    /// Handlers running at once.
+    /// Workers: handlers running at once.
     pub concurrency: usize,
     pub claim_interval: Duration,
     /// Remove idle consumers this often (`None`: this consumer does not prune).
@@ -106,13 +109,14 @@ pub enum Command {
     Claim { cursor: String, count: usize },
     /// Remove idle consumers holding nothing (no answer).
     Prune,
-    /// Run the handler; answers [`Input::Handled`].
-    Handle { slot: Slot, entry_id: String, token: u64, event: Event },
+    /// Run the handler on `worker` (0..concurrency, the worker idle the longest); answers
+    /// [`Input::Handled`].
+    Handle { slot: Slot, worker: u32, entry_id: String, token: u64, event: Event },
     /// Wait `after`, then take another delivery; answers [`Input::Retried`].
     Retry { slot: Slot, entry_id: String, token: u64, after: Duration },
     /// Answers [`Input::DeadLettered`].
     DeadLetter { slot: Slot, entry_id: String, token: u64, reason: String },
-    /// One batch's fenced commit; answers [`Input::Committed`].
+    /// The fenced commit of entries handled since the last one; answers [`Input::Committed`].
     Commit(Vec<Handled>),
     /// Hand entries back for immediate reclaim; answers [`Input::Released`].
     Release(Vec<String>),
@@ -141,7 +145,7 @@ pub struct Counts {
     pub released: u64,
     /// Of `released`: entries read ahead (in `ready`, or from a read that came back after stop).
     pub readahead_released: u64,
-    /// Reads whose size doubled because the previous one came back full.
+    /// Times the read-ahead bound doubled because a read came back full.
     pub adaptive_growths: u64,
     pub errors: u64,
 }
@@ -149,8 +153,18 @@ pub struct Counts {
 /// Why an entry is in the in-flight table.
 #[derive(Debug)]
 enum Flight {
-    Handling { entry_id: String, token: u64, event: Event },
-    Retrying { entry_id: String, event: Event },
+    Handling {
+        worker: u32,
+        entry_id: String,
+        token: u64,
+        event: Event,
+    },
+    /// The worker waits out the backoff with its entry, then handles the new delivery.
+    Retrying {
+        worker: u32,
+        entry_id: String,
+        event: Event,
+    },
     DeadLettering,
 }
 
@@ -160,9 +174,12 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// One consumer's decisions. Time is milliseconds on the driver's clock.
 pub struct Machine {
     s: Settings,
-    /// Entries per read: one while the consumer keeps up (lowest latency, most even spread),
-    /// doubling up to `batch` while reads come back full, halving as the backlog drains.
-    count: usize,
+    /// The read-ahead bound: entries a read may ask for beyond the idle workers. One while the
+    /// consumer keeps up (nothing waits for a worker), doubling up to `batch` while reads come
+    /// back full (a backlog: fewer, larger reads), halving as it drains.
+    ahead: usize,
+    /// What the read out asked for.
+    asked: usize,
     cursor: String,
     last_claim: i64,
     last_prune: i64,
@@ -170,17 +187,15 @@ pub struct Machine {
     hold_until: i64,
     reading: bool,
     claiming: bool,
-    /// Read (or reclaimed) and not yet taken into a batch: the read-ahead.
+    /// Read (or reclaimed) and not started: waiting for a worker.
     ready: VecDeque<Work>,
-    /// The batch being handled: entries not started yet.
-    queue: VecDeque<Work>,
+    /// Idle workers, the one idle the longest first.
+    idle: VecDeque<u32>,
     /// The in-flight table: handlers, retries and dead letters outstanding.
     flight: BTreeMap<Slot, Flight>,
     next_slot: Slot,
-    /// Handled entries of the current batch.
+    /// Handled entries waiting for the commit in flight to settle.
     finished: Vec<Handled>,
-    /// A whole batch handled, waiting for the commit in flight to settle.
-    waiting: Option<Vec<Handled>>,
     committing: bool,
     releasing: usize,
     /// Entries to release once (collected at stop).
@@ -195,8 +210,10 @@ pub struct Machine {
 impl Machine {
     pub fn new(settings: Settings, now: i64) -> Machine {
         Machine {
+            idle: (0..settings.concurrency.max(1) as u32).collect(),
             s: settings,
-            count: 1,
+            ahead: 1,
+            asked: 0,
             cursor: "0-0".into(),
             last_claim: now,
             last_prune: now,
@@ -204,11 +221,9 @@ impl Machine {
             reading: false,
             claiming: false,
             ready: VecDeque::new(),
-            queue: VecDeque::new(),
             flight: BTreeMap::new(),
             next_slot: 0,
             finished: vec![],
-            waiting: None,
             committing: false,
             releasing: 0,
             to_release: vec![],
@@ -224,9 +239,9 @@ impl Machine {
         &self.counts
     }
 
-    /// Entries per read now.
-    pub fn read_size(&self) -> usize {
-        self.count
+    /// The read-ahead bound now.
+    pub fn read_ahead(&self) -> usize {
+        self.ahead
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -237,10 +252,8 @@ impl Machine {
     /// is at most a read or reclaim, which holds nothing until it answers.
     pub fn holds_nothing(&self) -> bool {
         self.ready.is_empty()
-            && self.queue.is_empty()
             && self.flight.is_empty()
             && self.finished.is_empty()
-            && self.waiting.is_none()
             && !self.committing
             && self.releasing == 0
             && self.to_release.is_empty()
@@ -248,11 +261,7 @@ impl Machine {
 
     /// Entries this consumer holds in memory (read, not yet committed, released or dead-lettered).
     pub fn held(&self) -> usize {
-        self.ready.len()
-            + self.queue.len()
-            + self.flight.len()
-            + self.finished.len()
-            + self.waiting.as_ref().map_or(0, Vec::len)
+        self.ready.len() + self.flight.len() + self.finished.len()
     }
 
     /// Feeds one input. Call [`Machine::poll`] afterwards for what to do next.
@@ -266,7 +275,6 @@ impl Machine {
                     let n = self.ready.len() as u64;
                     self.readahead_to_release += n;
                     self.to_release.extend(self.ready.drain(..).map(|w| w.entry.id));
-                    self.to_release.extend(self.queue.drain(..).map(|w| w.entry.id));
                 }
             }
             Input::Read(r) => {
@@ -274,14 +282,14 @@ impl Machine {
                 match r {
                     Ok(entries) => {
                         let n = entries.len();
-                        if n >= self.count {
-                            let grown = (self.count * 2).min(self.s.batch.max(1));
-                            if grown > self.count {
+                        if n >= self.asked {
+                            let grown = (self.ahead * 2).min(self.s.batch.max(1));
+                            if grown > self.ahead {
                                 self.counts.adaptive_growths += 1;
                             }
-                            self.count = grown;
+                            self.ahead = grown;
                         } else {
-                            self.count = (self.count / 2).max(1);
+                            self.ahead = (self.ahead / 2).max(1);
                         }
                         // Entries read with `>` are on their first delivery.
                         let work = entries.into_iter().map(|entry| Work { entry, token: 1 });
@@ -314,43 +322,65 @@ impl Machine {
                         if self.stopping {
                             self.to_release.extend(c.entries.into_iter().map(|w| w.entry.id));
                         } else {
-                            self.ready.extend(c.entries);
+                            // Reclaimed entries have waited longest: they go first.
+                            for w in c.entries.into_iter().rev() {
+                                self.ready.push_front(w);
+                            }
                         }
                     }
                     Err(f) => self.failed(now, "reclaim", f, &mut out),
                 }
             }
             Input::Handled { slot, result, unit } => {
-                let Some(Flight::Handling { entry_id, token, event }) = self.flight.remove(&slot) else {
+                let Some(Flight::Handling { worker, entry_id, token, event }) = self.flight.remove(&slot) else {
                     return out;
                 };
                 match after_handler(result, token, &self.s.policy, unit) {
-                    Next::Commit(effects) => self.finished.push(Handled { entry_id, token, event, effects }),
-                    Next::DeadLetter(reason) => self.dead_letter(slot, entry_id, token, reason, &mut out),
+                    Next::Commit(effects) => {
+                        self.finished.push(Handled { entry_id, token, event, effects });
+                        self.idle.push_back(worker);
+                    }
+                    Next::DeadLetter(reason) => {
+                        self.dead_letter(slot, entry_id, token, reason, &mut out);
+                        self.idle.push_back(worker);
+                    }
                     // Stopping: no new delivery is taken; the entry goes back at once.
-                    Next::Retry { .. } if self.stopping => self.to_release.push(entry_id),
+                    Next::Retry { .. } if self.stopping => {
+                        self.to_release.push(entry_id);
+                        self.idle.push_back(worker);
+                    }
                     Next::Retry { after } => {
                         self.counts.retries += 1;
                         out.push(Command::Retry { slot, entry_id: entry_id.clone(), token, after });
-                        self.flight.insert(slot, Flight::Retrying { entry_id, event });
+                        self.flight.insert(slot, Flight::Retrying { worker, entry_id, event });
                     }
                 }
             }
             Input::Retried { slot, result } => {
-                let Some(Flight::Retrying { entry_id, event }) = self.flight.remove(&slot) else {
+                let Some(Flight::Retrying { worker, entry_id, event }) = self.flight.remove(&slot) else {
                     return out;
                 };
                 match result {
                     // Stopping: this delivery is ours but not started; hand it back.
-                    Ok(Some(_)) if self.stopping => self.to_release.push(entry_id),
+                    Ok(Some(_)) if self.stopping => {
+                        self.to_release.push(entry_id);
+                        self.idle.push_back(worker);
+                    }
                     Ok(Some(token)) => {
-                        out.push(Command::Handle { slot, entry_id: entry_id.clone(), token, event: event.clone() });
-                        self.flight.insert(slot, Flight::Handling { entry_id, token, event });
+                        out.push(Command::Handle {
+                            slot,
+                            worker,
+                            entry_id: entry_id.clone(),
+                            token,
+                            event: event.clone(),
+                        });
+                        self.flight.insert(slot, Flight::Handling { worker, entry_id, token, event });
                     }
                     // Someone else holds it now; they will deliver it.
-                    Ok(None) => {}
+                    Ok(None) => self.idle.push_back(worker),
                     Err(f) => {
                         self.counts.errors += 1;
+                        self.idle.push_back(worker);
                         out.push(Command::Warn(format!("retry of {entry_id} failed: {}", f.message)));
                     }
                 }
@@ -433,15 +463,6 @@ impl Machine {
         self.flight.insert(slot, Flight::DeadLettering);
     }
 
-    fn handling(&self) -> usize {
-        self.flight.values().filter(|f| !matches!(f, Flight::DeadLettering)).count()
-    }
-
-    /// The batch is over: nothing left to start and nothing in flight.
-    fn batch_over(&self) -> bool {
-        self.queue.is_empty() && self.flight.is_empty()
-    }
-
     /// What to do now. Call after every [`Machine::on`] and whenever the clock reaches
     /// [`Machine::next_wake`].
     pub fn poll(&mut self, now: i64) -> Vec<Command> {
@@ -449,15 +470,10 @@ impl Machine {
         if self.done {
             return out;
         }
-        // A whole batch handled: its commit, after the one in flight (pipelined: one in flight).
-        if self.batch_over() && !self.finished.is_empty() && self.waiting.is_none() {
-            self.waiting = Some(std::mem::take(&mut self.finished));
-        }
-        if !self.committing {
-            if let Some(items) = self.waiting.take() {
-                self.committing = true;
-                out.push(Command::Commit(items));
-            }
+        // What finished since the last commit, once that one has settled (one in flight).
+        if !self.committing && !self.finished.is_empty() {
+            self.committing = true;
+            out.push(Command::Commit(std::mem::take(&mut self.finished)));
         }
         if !self.to_release.is_empty() {
             self.releasing += 1;
@@ -471,32 +487,36 @@ impl Machine {
             }
             return out;
         }
-        // A new batch from what was read, once the previous one is over and its commit is out.
-        if self.batch_over() && self.finished.is_empty() && self.waiting.is_none() && !self.ready.is_empty() {
-            self.queue = std::mem::take(&mut self.ready);
-        }
-        // Start handlers up to the concurrency.
-        while self.handling() < self.s.concurrency.max(1) {
-            let Some(w) = self.queue.pop_front() else { break };
+        // Each ready entry to the worker idle the longest (a malformed one needs no worker).
+        while let Some(&worker) = self.idle.front() {
+            let Some(w) = self.ready.pop_front() else { break };
             let slot = self.next_slot;
             self.next_slot += 1;
             match admit(&w.entry.fields, w.token, &self.s.policy, self.s.max_payload) {
                 Admit::DeadLetter(reason) => self.dead_letter(slot, w.entry.id, w.token, reason, &mut out),
                 Admit::Handle(event) => {
+                    self.idle.pop_front();
                     out.push(Command::Handle {
                         slot,
+                        worker,
                         entry_id: w.entry.id.clone(),
                         token: w.token,
                         event: event.clone(),
                     });
-                    self.flight.insert(slot, Flight::Handling { entry_id: w.entry.id, token: w.token, event });
+                    self.flight.insert(slot, Flight::Handling { worker, entry_id: w.entry.id, token: w.token, event });
                 }
             }
         }
-        // Read ahead: the next read is out while this batch is handled, so its round trip
-        // leaves the per-entry cycle. Nothing more is read while a read-ahead waits unused.
-        if now >= self.hold_until && self.ready.is_empty() && self.waiting.is_none() {
-            if !self.claiming && now - self.last_claim >= self.s.claim_interval.as_millis() as i64 {
+        // Ask for what the idle workers can take and the read-ahead bound: the read is out
+        // while workers run, so its round trip leaves the per-entry cycle, and what comes back
+        // waits for a worker only up to that bound.
+        let want = (self.idle.len() + self.ahead).saturating_sub(self.ready.len()).min(self.s.batch.max(1));
+        if now >= self.hold_until {
+            // A reclaim goes out when due, beside a blocking read (on the other connection) and
+            // whatever waits: entries of a dead consumer must not wait for a backlog to drain.
+            // It takes up to `batch`, so a consumer holds at most that much more.
+            let claim_due = now - self.last_claim >= self.s.claim_interval.as_millis() as i64;
+            if !self.claiming && claim_due {
                 self.last_claim = now;
                 self.claiming = true;
                 if let Some(every) = self.s.prune_every {
@@ -506,9 +526,10 @@ impl Machine {
                     }
                 }
                 out.push(Command::Claim { cursor: self.cursor.clone(), count: self.s.batch.max(1) });
-            } else if !self.reading && !self.claiming {
+            } else if !self.reading && !self.claiming && want > 0 {
                 self.reading = true;
-                out.push(Command::Read { count: self.count });
+                self.asked = want;
+                out.push(Command::Read { count: want });
             }
         }
         out
@@ -574,46 +595,55 @@ mod tests {
         v
     }
 
-    #[test]
-    fn reads_start_at_one_and_double_while_full_then_halve() {
-        let mut m = Machine::new(settings(8, 1), 0);
-        assert_eq!(reads(&m.poll(0)), vec![1]);
-        m.on(0, Input::Read(Ok(vec![entry(1)])));
-        let c = m.poll(0);
-        // The entry is handled and the next read (read-ahead) is out at once, twice as large.
-        assert_eq!(handles(&c).len(), 1);
-        assert_eq!(reads(&c), vec![2]);
-        assert_eq!(m.counts().adaptive_growths, 1);
-        m.on(0, Input::Read(Ok(vec![entry(2)])));
-        assert_eq!(m.read_size(), 1, "a read that is not full halves the size");
+    fn workers(cmds: &[Command]) -> Vec<u32> {
+        cmds.iter().filter_map(|c| if let Command::Handle { worker, .. } = c { Some(*worker) } else { None }).collect()
     }
 
     #[test]
-    fn a_batch_is_committed_once_whole_and_the_next_is_handled_while_it_commits() {
+    fn reads_ask_for_the_idle_workers_and_entries_go_to_the_worker_idle_the_longest() {
+        let mut m = Machine::new(settings(16, 4), 0);
+        // Four idle workers and a read-ahead of one.
+        assert_eq!(reads(&m.poll(0)), vec![5]);
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
+        let c = m.poll(0);
+        assert_eq!(workers(&c), vec![0, 1]);
+        assert_eq!(reads(&c), vec![3], "two idle workers and the read-ahead");
+        assert_eq!(m.counts().adaptive_growths, 0, "a read that is not full does not grow");
+        // Worker 1 finishes first: it goes behind 2 and 3, which have been idle longer.
+        let slots = handles(&c);
+        ok(&mut m, slots[1]);
+        m.on(0, Input::Read(Ok(vec![entry(3), entry(4), entry(5)])));
+        let c = m.poll(0);
+        assert_eq!(workers(&c), vec![2, 3, 1]);
+        // No idle worker: only the read-ahead, doubled because the last read came back full.
+        assert_eq!(reads(&c), vec![2]);
+        assert_eq!(m.counts().adaptive_growths, 1);
+    }
+
+    #[test]
+    fn entries_are_committed_as_they_finish_with_one_commit_in_flight() {
         let mut m = Machine::new(settings(4, 2), 0);
         m.poll(0);
         m.on(0, Input::Read(Ok(vec![entry(1), entry(2), entry(3)])));
         let c = m.poll(0);
         let slots = handles(&c);
-        assert_eq!(slots.len(), 2, "two at once (concurrency 2)");
+        assert_eq!(slots.len(), 2, "two at once (two workers)");
+        // The first to finish is committed at once; the third starts on the freed worker.
         let c = ok(&mut m, slots[0]);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1 && v[0].entry_id == "1-0")));
         let third = handles(&c);
-        assert_eq!(third.len(), 1, "the third starts when one finishes");
-        assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))), "no commit before the batch is over");
-        ok(&mut m, slots[1]);
-        let c = ok(&mut m, third[0]);
-        let commit: Vec<_> = c.iter().filter(|c| matches!(c, Command::Commit(v) if v.len() == 3)).collect();
-        assert_eq!(commit.len(), 1);
-        // The read-ahead came back: the next batch is handled while the commit is in flight.
-        m.on(0, Input::Read(Ok(vec![entry(4)])));
-        let c = m.poll(0);
-        let h = handles(&c);
-        assert_eq!(h.len(), 1);
-        let c = ok(&mut m, h[0]);
+        assert_eq!(third.len(), 1);
+        // Two finish while that commit is out: they wait for it, then go in one commit.
+        let c = ok(&mut m, slots[1]);
         assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))), "one commit in flight at a time");
-        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 3])));
+        ok(&mut m, third[0]);
+        assert_eq!(m.held(), 2);
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
         let c = m.poll(0);
-        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1)));
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 2)));
+        assert_eq!(m.counts().committed, 1);
+        assert_eq!(m.held(), 0, "committing: the entries are the commit's now");
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 2])));
         assert_eq!(m.counts().committed, 3);
     }
 
@@ -625,13 +655,13 @@ mod tests {
         let c = m.poll(0);
         let h = handles(&c);
         assert_eq!(h.len(), 1);
-        // The read-ahead returns one entry, then stop arrives.
+        // 2 waits for the worker; the read-ahead returns one more entry, then stop arrives.
         m.on(0, Input::Read(Ok(vec![entry(3)])));
         m.on(0, Input::Stop);
         let c = m.poll(0);
         let released: Vec<_> =
             c.iter().filter_map(|c| if let Command::Release(v) = c { Some(v.clone()) } else { None }).collect();
-        assert_eq!(released, vec![vec!["3-0".to_string(), "2-0".to_string()]]);
+        assert_eq!(released, vec![vec!["2-0".to_string(), "3-0".to_string()]]);
         assert!(reads(&c).is_empty(), "nothing more is read after stop");
         assert!(!c.contains(&Command::Done), "a handler still runs");
         let c = ok(&mut m, h[0]);
@@ -640,13 +670,13 @@ mod tests {
         assert!(!m.poll(0).contains(&Command::Done), "the commit is still out");
         m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
         assert_eq!(m.poll(0), vec![Command::Done]);
-        assert_eq!((m.counts().released, m.counts().readahead_released), (2, 1));
+        assert_eq!((m.counts().released, m.counts().readahead_released), (2, 2));
     }
 
     #[test]
     fn a_read_out_at_stop_is_released_when_it_answers() {
         let mut m = Machine::new(settings(4, 1), 0);
-        assert_eq!(reads(&m.poll(0)), vec![1]);
+        assert_eq!(reads(&m.poll(0)), vec![2]);
         m.on(0, Input::Stop);
         assert!(m.poll(0).is_empty(), "the read is still out");
         m.on(0, Input::Read(Ok(vec![entry(1)])));
@@ -700,7 +730,7 @@ mod tests {
     #[test]
     fn reclaims_fall_due_every_interval_and_a_failure_pauses_reads() {
         let mut m = Machine::new(settings(4, 1), 0);
-        assert_eq!(m.poll(0), vec![Command::Read { count: 1 }]);
+        assert_eq!(m.poll(0), vec![Command::Read { count: 2 }]);
         assert_eq!(m.next_wake(0), Some(1000));
         m.on(500, Input::Read(Ok(vec![])));
         m.poll(500);
@@ -711,7 +741,7 @@ mod tests {
         assert!(c.contains(&Command::Reconnect));
         assert!(m.poll(1050).is_empty(), "held after a failure");
         assert_eq!(m.next_wake(1050), Some(1101));
-        assert_eq!(m.poll(1101), vec![Command::Read { count: 1 }]);
+        assert_eq!(m.poll(1101), vec![Command::Read { count: 2 }]);
         assert_eq!(m.counts().errors, 1);
     }
 
@@ -738,23 +768,40 @@ mod tests {
     }
 
     #[test]
-    fn reads_grow_up_to_the_batch_without_counting_a_growth_at_the_top_and_halve_step_by_step() {
-        let mut m = Machine::new(settings(4, 4), 0);
-        assert_eq!(m.read_size(), 1);
-        m.on(0, Input::Read(Ok(vec![entry(1)])));
-        assert_eq!((m.read_size(), m.counts().adaptive_growths), (2, 1));
-        m.on(0, Input::Read(Ok(vec![entry(2), entry(3)])));
-        assert_eq!((m.read_size(), m.counts().adaptive_growths), (4, 2));
-        // Full at the top: the size stays at the batch and no growth is counted.
-        m.on(0, Input::Read(Ok(vec![entry(4), entry(5), entry(6), entry(7)])));
-        assert_eq!((m.read_size(), m.counts().adaptive_growths), (4, 2));
-        // Not full: halved (4 -> 2 -> 1), never below one.
-        m.on(0, Input::Read(Ok(vec![entry(8)])));
-        assert_eq!(m.read_size(), 2);
+    fn the_read_ahead_doubles_while_reads_come_back_full_up_to_the_batch_and_halves_as_they_drain() {
+        // One worker: each read asks for the idle worker (if any) and the read-ahead bound.
+        let mut m = Machine::new(settings(8, 1), 0);
+        assert_eq!(m.read_ahead(), 1);
+        assert_eq!(reads(&m.poll(0)), vec![2]);
+        m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
+        assert_eq!((m.read_ahead(), m.counts().adaptive_growths), (2, 1));
+        // 1 runs, 2 waits: the next read asks for the rest of the bound.
+        let c = m.poll(0);
+        assert_eq!((handled_ids(&c), reads(&c)), (vec!["1-0".to_string()], vec![1]));
+        m.on(0, Input::Read(Ok(vec![entry(3)])));
+        assert_eq!((m.read_ahead(), m.counts().adaptive_growths), (4, 2));
+        assert_eq!(reads(&m.poll(0)), vec![2]);
+        m.on(0, Input::Read(Ok(vec![entry(4), entry(5)])));
+        assert_eq!((m.read_ahead(), m.counts().adaptive_growths), (8, 3));
+        assert_eq!(reads(&m.poll(0)), vec![4]);
+        // Full at the top: the bound stays at the batch and no growth is counted.
+        m.on(0, Input::Read(Ok(vec![entry(6), entry(7), entry(8), entry(9)])));
+        assert_eq!((m.read_ahead(), m.counts().adaptive_growths), (8, 3));
+        assert_eq!(m.held(), 9);
+        assert_eq!(m.poll(0), vec![], "8 wait for the busy worker: the bound is reached, nothing is read");
+        // The worker takes the next; one place is free and a read asks for it.
+        let c = ok(&mut m, 0);
+        assert_eq!((handled_ids(&c), reads(&c)), (vec!["2-0".to_string()], vec![1]));
+        // Not full: halved (8 -> 4 -> 2 -> 1), never below one.
         m.on(0, Input::Read(Ok(vec![])));
-        assert_eq!(m.read_size(), 1);
+        assert_eq!(m.read_ahead(), 4);
+        m.poll(0);
         m.on(0, Input::Read(Ok(vec![])));
-        assert_eq!(m.read_size(), 1);
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![])));
+        m.poll(0);
+        m.on(0, Input::Read(Ok(vec![])));
+        assert_eq!(m.read_ahead(), 1);
     }
 
     #[test]
@@ -762,40 +809,40 @@ mod tests {
         let mut m = Machine::new(settings(4, 1), 0);
         assert!(m.holds_nothing());
         assert_eq!(m.held(), 0);
-        assert_eq!(reads(&m.poll(0)), vec![1]);
-        // Read, not yet taken into a batch: only the read-ahead holds entries.
+        assert_eq!(reads(&m.poll(0)), vec![2]);
+        // Read, not started: only the read-ahead holds entries.
         m.on(0, Input::Read(Ok(vec![entry(1), entry(2), entry(3)])));
         assert_eq!(m.held(), 3);
         assert!(!m.holds_nothing(), "entries read and not started");
-        // One handler runs (concurrency 1), two wait in the batch; the read-ahead is out.
+        // One handler runs (one worker), two wait for it: the bound (2) is reached, no read.
         let c = m.poll(0);
-        assert_eq!(handled_ids(&c), vec!["1-0"]);
-        assert_eq!(reads(&c), vec![2]);
+        assert_eq!((handled_ids(&c), reads(&c)), (vec!["1-0".to_string()], vec![]));
         assert_eq!(m.held(), 3);
-        // One finished, one runs, one waits.
+        // 1 finished and is committed at once, 2 runs, 3 waits; a read asks for one more.
         let c = ok(&mut m, handles(&c)[0]);
-        assert_eq!(handled_ids(&c), vec!["2-0"]);
-        assert_eq!(m.held(), 3);
-        let c = ok(&mut m, handles(&c)[0]);
-        let c = ok(&mut m, handles(&c)[0]);
-        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 3)));
-        assert_eq!(m.held(), 0, "committing: the entries are the commit's now");
-        assert!(!m.holds_nothing(), "a commit is out");
-        // The next batch finishes while the first commit is out: it waits whole.
-        m.on(0, Input::Read(Ok(vec![entry(4)])));
-        let c = m.poll(0);
+        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1)));
+        assert_eq!((handled_ids(&c), reads(&c)), (vec!["2-0".to_string()], vec![1]));
+        assert_eq!(m.held(), 2, "committing: 1 is the commit's now");
+        // 2 finishes while that commit is out: it waits for it; 3 starts.
         let c = ok(&mut m, handles(&c)[0]);
         assert!(!c.iter().any(|c| matches!(c, Command::Commit(_))));
-        assert_eq!(m.held(), 1);
-        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 3])));
+        assert_eq!(handled_ids(&c), vec!["3-0"]);
+        let third = handles(&c)[0];
+        assert_eq!(m.held(), 2);
+        m.on(0, Input::Read(Ok(vec![])));
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
         let c = m.poll(0);
         assert!(c.contains(&Command::Commit(vec![Handled {
-            entry_id: "4-0".into(),
+            entry_id: "2-0".into(),
             token: 1,
-            event: decode(&entry(4)),
+            event: decode(&entry(2)),
             effects: vec![],
         }])));
-        assert_eq!(m.held(), 0);
+        assert_eq!(m.held(), 1);
+        ok(&mut m, third);
+        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
+        m.poll(0);
+        assert!(!m.holds_nothing(), "the commit of 3 is out");
         m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed])));
         m.poll(0);
         assert!(m.holds_nothing());
@@ -835,31 +882,24 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_waits_for_the_batch_and_a_finished_batch_waits_for_the_commit_in_flight() {
+    fn a_reclaim_due_under_a_backlog_goes_out_and_what_it_takes_is_handled_first() {
+        // The only worker is busy and reads filled the read-ahead: a reclaim still goes out
+        // when due (pause-consumer: entries of a stopped consumer must not wait for the
+        // backlog to drain), and the entries it takes, the oldest, are handled next.
         let mut m = Machine::new(settings(4, 1), 0);
         m.poll(0);
         m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
         let c = m.poll(0);
-        assert_eq!((handled_ids(&c), reads(&c)), (vec!["1-0".to_string()], vec![2]));
-        // The read-ahead answers while the batch (1, 2) is handled: it waits for the batch.
+        let first = handles(&c)[0];
         m.on(0, Input::Read(Ok(vec![entry(3)])));
-        assert_eq!(m.poll(0), vec![], "no handler slot free, nothing more read");
-        let c = ok(&mut m, handles(&c)[0]);
-        assert_eq!(handled_ids(&c), vec!["2-0"], "the batch goes on before the read-ahead");
-        // The batch is over: its commit goes out and the read-ahead becomes the next batch.
-        let c = ok(&mut m, handles(&c)[0]);
-        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 2)));
-        assert_eq!(handled_ids(&c), vec!["3-0"]);
-        assert_eq!(reads(&c), vec![1]);
-        // Entry 4 is read while 3 runs; 3 finishes while the commit of (1, 2) is still out.
-        m.on(0, Input::Read(Ok(vec![entry(4)])));
-        let c = ok(&mut m, handles(&c)[0]);
-        assert_eq!(c, vec![], "3 waits for the commit in flight and 4 for 3's commit");
-        assert_eq!(m.held(), 2);
-        m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; 2])));
-        let c = m.poll(0);
-        assert!(c.iter().any(|c| matches!(c, Command::Commit(v) if v.len() == 1 && v[0].entry_id == "3-0")));
-        assert_eq!(handled_ids(&c), vec!["4-0"]);
+        assert_eq!(m.poll(500), vec![Command::Read { count: 2 }], "the read-ahead grew to 4");
+        m.on(500, Input::Read(Ok(vec![])));
+        assert_eq!(m.poll(600), vec![], "the read-ahead bound (2 again) is reached");
+        assert_eq!(m.poll(1000), vec![Command::Claim { cursor: "0-0".into(), count: 4 }]);
+        m.on(1000, claim(vec![Work { entry: entry(9), token: 2 }], &[]));
+        let c = ok(&mut m, first);
+        assert_eq!(handled_ids(&c), vec!["9-0"]);
+        assert_eq!(m.held(), 3);
     }
 
     #[test]
@@ -900,8 +940,10 @@ mod tests {
         );
         assert_eq!((m.counts().reclaimed, m.counts().deleted_while_pending), (3, 2));
         assert_eq!(m.held(), 3);
-        // Reclaimed entries carry their delivery count.
+        // Reclaimed entries carry their delivery count; the later reclaim's go first.
         let c = m.poll(0);
+        assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, entry_id, .. } if entry_id == "3-0")));
+        let c = ok(&mut m, handles(&c)[0]);
         assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, entry_id, .. } if entry_id == "1-0")));
     }
 
@@ -988,7 +1030,6 @@ mod tests {
                 effects_refused: 1,
                 partially_applied: 2,
                 retries: 1,
-                adaptive_growths: 1,
                 errors: 4,
                 ..Counts::default()
             }
@@ -1009,6 +1050,6 @@ mod tests {
         assert_eq!(c, vec![Command::EnsureGroup, Command::Reconnect]);
         assert_eq!(m.counts().errors, 4);
         assert!(m.poll(99).is_empty(), "paused for 100 ms after the last failure");
-        assert_eq!(m.poll(100), vec![Command::Read { count: 1 }]);
+        assert_eq!(m.poll(100), vec![Command::Read { count: 2 }]);
     }
 }

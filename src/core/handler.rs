@@ -20,6 +20,15 @@ pub struct Delivery {
     /// restarts it at 1: idempotency must rest on the event id, the token only orders
     /// deliveries within one reading of the stream.
     pub token: u64,
+    /// The consumer's worker running the handler (0..its concurrency).
+    pub worker: u32,
+}
+
+impl Delivery {
+    /// `<consumer>/w<worker>`: the unit of concurrency, as reports count load per worker.
+    pub fn worker_name(&self) -> String {
+        format!("{}/w{}", self.consumer, self.worker)
+    }
 }
 
 /// Why a handler did not produce effects.

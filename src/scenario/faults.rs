@@ -285,16 +285,34 @@ pub async fn fire(ctx: Arc<Ctx>, f: Firing) {
             Fault::StopConsumer => {
                 let mut stopped = vec![];
                 for &t in &f.targets {
-                    wait_alive(&ctx.procs, Role::Consumer, t).await;
-                    let delivered = ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGSTOP);
-                    if delivered {
-                        ctx.count(i, "sigstop_delivered", 1);
-                        let pid = ctx.procs.lock().unwrap().pid(Role::Consumer, t);
-                        if let Some(pid) = pid {
-                            ctx.count(i, "entries_held_at_stop", held_by(&ctx.store, pid).await);
+                    // The stop lands mid-work: a consumer that dispatches to its workers holds
+                    // entries only while it has work, so the firing waits (up to 2 s) for the
+                    // target to hold some, and a stop that finds it holding none after all (it
+                    // committed meanwhile) is undone at once and tried again. Only the stop
+                    // that stays is counted.
+                    let mut tries = 0;
+                    loop {
+                        wait_alive(&ctx.procs, Role::Consumer, t).await;
+                        let Some(pid) = ctx.procs.lock().unwrap().pid(Role::Consumer, t) else { break };
+                        tries += 1;
+                        let last = tries >= 200;
+                        if !last && held_by(&ctx.store, pid).await == 0 {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
                         }
+                        if !ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGSTOP) {
+                            break;
+                        }
+                        let held = held_by(&ctx.store, pid).await;
+                        if held == 0 && !last {
+                            ctx.procs.lock().unwrap().signal(Role::Consumer, t, libc::SIGCONT);
+                            continue;
+                        }
+                        ctx.count(i, "sigstop_delivered", 1);
+                        ctx.count(i, "entries_held_at_stop", held);
                         ctx.evidence(i, |e| e.slots.push(t));
                         stopped.push(t);
+                        break;
                     }
                 }
                 if !stopped.is_empty() {

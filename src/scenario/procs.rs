@@ -154,6 +154,7 @@ impl Procs {
             Role::Consumer => {
                 cmd.arg("consume")
                     .args(["--consumers", &t.consumers_per_process.to_string()])
+                    .args(["--workers", &t.workers.to_string()])
                     .args(["--work-ms", &t.work_ms.to_string()])
                     .args(["--batch", &t.batch.to_string()])
                     .args(["--claim-idle-ms", &t.claim_idle_ms.to_string()])

@@ -89,6 +89,9 @@ pub struct Topology {
     /// Consumer tasks inside each consumer process (`consume --consumers`).
     #[serde(default = "d_2")]
     pub consumers_per_process: usize,
+    /// Workers of each consumer (`consume --workers`): handlers at once, fed by its dispatcher.
+    #[serde(default = "d_1")]
+    pub workers: usize,
     /// Listener OS processes (`expiry-stream capture --listeners 1 --sweepers 0`).
     #[serde(default = "d_1")]
     pub listeners: usize,
@@ -143,6 +146,7 @@ impl Default for Topology {
         Topology {
             consumer_processes: 2,
             consumers_per_process: 2,
+            workers: 1,
             listeners: 1,
             sweepers: 1,
             work_ms: d_work(),
@@ -776,6 +780,7 @@ fn validate(s: &Scenario) -> Result<(), Invalid> {
     let t = &s.topology;
     check(t.consumer_processes >= 1, "topology.consumer_processes", "must be at least 1")?;
     check(t.consumers_per_process >= 1, "topology.consumers_per_process", "must be at least 1")?;
+    check(t.workers >= 1, "topology.workers", "must be at least 1")?;
     check(t.listeners + t.sweepers >= 1, "topology.sweepers", "at least one listener or sweeper is needed")?;
     check(t.batch >= 1, "topology.batch", "must be at least 1")?;
     check(t.claim_idle_ms >= 50, "topology.claim_idle_ms", "must be at least 50")?;

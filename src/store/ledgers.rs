@@ -203,7 +203,7 @@ impl OtherDb {
             .arg(event.key.as_slice())
             .arg(&d.entry_id)
             .arg(d.token)
-            .arg(&d.consumer)
+            .arg(d.worker_name())
             .arg(event.via.tag());
         Ok(inv.invoke_async(&mut c).await?)
     }
