@@ -439,6 +439,52 @@ mod tests {
     }
 
     #[test]
+    fn the_fence_checks_each_entry_of_a_consumer_holding_many() {
+        // A consumer holding 200 pending entries commits a few of them, out of order: each is
+        // fenced against its own pending entry (owner and delivery count), wherever it lies.
+        let mut s = store();
+        let items: Vec<_> =
+            (0..200).map(|i| (format!("k{i}").into_bytes(), b"v".to_vec(), Duration::from_millis(1))).collect();
+        s.write_batch(&items);
+        s.model.advance(5);
+        assert_eq!(s.sweep(1000).emitted, 200);
+        let got = s.read_new("A", 200).unwrap();
+        assert_eq!(got.len(), 200);
+        let evs: Vec<Event> = got.iter().map(|e| decode_entry(&e.fields, 1024).unwrap()).collect();
+        let item = |i: usize, token| CommitItem { entry_id: &got[i].id, token, event: &evs[i], effects: &[] };
+        let out = s.commit("A", ledger(Safety::ON), &[item(0, 1), item(199, 1), item(100, 2)]).unwrap();
+        assert_eq!(out, vec![CommitOutcome::Committed, CommitOutcome::Committed, CommitOutcome::NotOwner]);
+        assert_eq!(s.commit("B", ledger(Safety::ON), &[item(150, 1)]).unwrap(), vec![CommitOutcome::NotOwner]);
+        // Within one reply: the token is compared.
+        assert_eq!(s.commit("A", ledger(Safety::ON), &[item(5, 2), item(6, 1)]).unwrap(), vec![
+            CommitOutcome::NotOwner,
+            CommitOutcome::Committed
+        ]);
+    }
+
+    #[test]
+    fn a_refused_entry_leaves_no_ledger_record_so_its_replay_is_not_suppressed() {
+        let mut s = store();
+        let (e, ev) = one_event(&mut s, "k", "A");
+        let bad = vec![Effect::new("EVAL", ["return 1", "0"])];
+        let item = CommitItem { entry_id: &e.id, token: 1, event: &ev, effects: &bad };
+        assert!(matches!(s.commit("A", ledger(Safety::ON), &[item]).unwrap()[..], [CommitOutcome::EffectsRefused(_)]));
+        // The same event again (a replay): its effects can apply now and are committed once.
+        let mut add = vec![b"XADD".to_vec(), s.keys.stream.clone().into_bytes(), b"*".to_vec()];
+        for (f, v) in &e.fields {
+            add.extend([f.clone(), v.clone()]);
+        }
+        s.call(&add).unwrap();
+        let again = s.read_new("A", 1).unwrap();
+        let good = vec![Effect::new("RPUSH", ["fx", "1"])];
+        let item = CommitItem { entry_id: &again[0].id, token: 1, event: &ev, effects: &good };
+        assert_eq!(s.commit("A", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::Committed]);
+        let item = CommitItem { entry_id: &again[0].id, token: 1, event: &ev, effects: &good };
+        assert_eq!(s.commit("A", ledger(Safety::ON), &[item]).unwrap(), vec![CommitOutcome::NotOwner]);
+        assert_eq!(s.model.lrange_all(b"fx").unwrap().len(), 1);
+    }
+
+    #[test]
     fn capture_codes() {
         let mut s = store();
         let items: Vec<_> = ["a", "b", "c", "d"]

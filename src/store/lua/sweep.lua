@@ -4,10 +4,7 @@ local idx, pay, stream, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 -- A key expires once the clock is past its deadline, so only scores below `now` are due.
 local due = redis.call('ZRANGE', idx, '-inf', '(' .. fmt(now), 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[1]), 'WITHSCORES')
-local emitted = 0
-for i = 1, #due, 2 do
-  if capture(idx, pay, stream, stats, due[i], 's', now, due[i + 1]) == 1 then emitted = emitted + 1 end
-end
+local emitted = capture_due(idx, pay, stream, stats, due, now)
 local first = redis.call('ZRANGE', idx, 0, 0, 'WITHSCORES')
 local nxt = -1
 if first[2] then nxt = tonumber(first[2]) end

@@ -792,6 +792,14 @@ impl Model {
                 arity(2)?;
                 opt_bulk(self.hget(&a[0], &a[1])?)
             }
+            "HMGET" => {
+                arity(2)?;
+                let mut out = vec![];
+                for f in &a[1..] {
+                    out.push(opt_bulk(self.hget(&a[0], f)?));
+                }
+                Reply::Array(out)
+            }
             "HDEL" => {
                 arity(2)?;
                 let mut n = 0;
@@ -847,7 +855,11 @@ impl Model {
             }
             "ZREM" => {
                 arity(2)?;
-                bool_reply(self.zrem(&a[0], &a[1])?)
+                let mut n = 0;
+                for m in &a[1..] {
+                    n += self.zrem(&a[0], m)? as i64;
+                }
+                Reply::Int(n)
             }
             "XADD" => {
                 arity(4)?;
