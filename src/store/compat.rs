@@ -11,6 +11,7 @@ use super::{Result, StoreError};
 pub const REQUIRED: &[(&str, &str, &str)] = &[
     ("PEXPIRETIME", "the capture step reads each key's deadline with it", "Redis 7.0 and Valkey 7.2"),
     ("XAUTOCLAIM", "reclaim takes over the entries of stalled consumers with it", "Redis 6.2 and Valkey 7.2"),
+    ("ZMSCORE", "the writer reads a batch's index scores with it", "Redis 6.2 and Valkey 7.2"),
 ];
 
 /// The server's name and version from `INFO server` (`Valkey 9.1.2`, `Redis 7.0.15`).

@@ -485,6 +485,32 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_naming_an_expired_key_twice_captures_its_old_generation_once_and_keeps_the_last_write() {
+        let mut s = store();
+        s.write_batch(&[(b"k".to_vec(), b"old".to_vec(), Duration::from_millis(1))]);
+        s.model.advance(5);
+        let ms = |n| Duration::from_millis(n);
+        let dl = s.write_batch(&[
+            (b"k".to_vec(), b"first".to_vec(), ms(100)),
+            (b"j".to_vec(), b"other".to_vec(), ms(50)),
+            (b"k".to_vec(), b"second".to_vec(), ms(200)),
+        ]);
+        assert_eq!(dl, vec![1_000_105, 1_000_055, 1_000_205]);
+        let stream = s.keys.stream.clone();
+        let emitted = s.range(&stream);
+        assert_eq!(emitted.len(), 1, "the expired generation, once");
+        let ev = decode_entry(&emitted[0].fields, 1024).unwrap();
+        assert_eq!((ev.key.as_slice(), ev.deadline_ms, ev.payload.as_slice()), (&b"k"[..], 1_000_001, &b"old"[..]));
+        assert_eq!(indexed(&mut s, b"k"), Some(1_000_205));
+        assert_eq!(indexed(&mut s, b"j"), Some(1_000_055));
+        assert_eq!(s.model.get(b"k").unwrap(), Some(b"second".to_vec()));
+        let pay = s.keys.pay.clone();
+        assert_eq!(s.model.hget(pay.as_bytes(), b"k").unwrap(), Some(b"second".to_vec()));
+        assert_eq!(s.model.hget(pay.as_bytes(), b"j").unwrap(), Some(b"other".to_vec()));
+        assert_eq!(stat(&mut s, "captured_w"), 1);
+    }
+
+    #[test]
     fn capture_codes() {
         let mut s = store();
         let items: Vec<_> = ["a", "b", "c", "d"]

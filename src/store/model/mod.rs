@@ -853,6 +853,14 @@ impl Model {
                 arity(2)?;
                 opt_bulk(self.zscore(&a[0], &a[1])?.map(|s| s.to_string().into_bytes()))
             }
+            "ZMSCORE" => {
+                arity(2)?;
+                let mut out = vec![];
+                for m in &a[1..] {
+                    out.push(opt_bulk(self.zscore(&a[0], m)?.map(|s| s.to_string().into_bytes())));
+                }
+                Reply::Array(out)
+            }
             "ZREM" => {
                 arity(2)?;
                 let mut n = 0;
