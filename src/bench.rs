@@ -231,3 +231,104 @@ mod tests {
         }
     }
 }
+
+/// The seed's own protocol ([`crate::store::seed_peer`]) on the same server, with the same
+/// keys, pace, consumers and work as a pipeline run: its rate and what it costs Redis.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedPeerRun {
+    pub keys: u64,
+    /// Keys whose work was done (the processed set); fewer than `keys` when notifications were lost.
+    pub processed: u64,
+    pub consumers: usize,
+    pub work_ms: u64,
+    pub elapsed_s: f64,
+    pub rate_keys_per_s: f64,
+    pub redis_cpu_us_per_event: f64,
+}
+
+/// Runs the seed's protocol: `keys` keys `SET ... PX ttl` at one per `delay_us`, a pub/sub
+/// bridge, `consumers` consumers reading one entry at a time, `work` per key. Ends when every
+/// key is processed or nothing has been processed for 10 s.
+pub async fn seed_peer(
+    url: &str,
+    keys: u64,
+    ttl: Duration,
+    delay_us: u64,
+    consumers: usize,
+    work: Duration,
+) -> anyhow::Result<SeedPeerRun> {
+    use crate::store::seed_peer::SeedPeer;
+    let server = Server::connect(url).await?;
+    server.config_set("notify-keyspace-events", "Ex").await?;
+    let peer = SeedPeer::connect(url, "seedpeer").await?;
+    let cpu0 = server.cpu().await?;
+    let (_sub, mut pushes) = server.subscribe(&format!("__keyevent@{}__:expired", server.db())).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prefix = peer.key_prefix.clone().into_bytes();
+    let bridge = {
+        let (peer, stop) = (peer.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), pushes.recv()).await {
+                    Ok(Some(Push::Message { payload, .. })) if payload.starts_with(&prefix) => {
+                        let _ = peer.bridge(&payload).await;
+                    }
+                    Ok(None) => break,
+                    _ => {}
+                }
+            }
+        })
+    };
+    let mut tasks = vec![];
+    for i in 0..consumers {
+        let (peer, stop) = (peer.clone(), stop.clone());
+        let mut conn = peer.dedicated().await?;
+        tasks.push(tokio::spawn(async move {
+            let name = format!("seed-{i}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(Some((id, key))) = peer.read_one(&mut conn, &name, Duration::from_millis(100)).await else {
+                    continue;
+                };
+                let worked = peer.claim(&mut conn, &key).await.unwrap_or(false);
+                if worked && !work.is_zero() {
+                    crate::timer::sleep(work).await;
+                }
+                let _ = peer.finish(&mut conn, &id, &key, worked).await;
+            }
+        }));
+    }
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < keys {
+        let n = 100.min(keys - i);
+        let batch: Vec<String> = (i..i + n).map(|j| format!("{}{j}", peer.key_prefix)).collect();
+        peer.write(&batch, ttl).await?;
+        i += n;
+        let due = start + Duration::from_micros(i * delay_us);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    let (mut last, mut done, mut changed) = (0u64, start.elapsed(), Instant::now());
+    while last < keys && changed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = peer.processed().await?;
+        if n != last {
+            (last, done, changed) = (n, start.elapsed(), Instant::now());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = bridge.await;
+    let cpu1 = server.cpu().await?;
+    let elapsed = done.as_secs_f64().max(1e-9);
+    Ok(SeedPeerRun {
+        keys,
+        processed: last,
+        consumers,
+        work_ms: work.as_millis() as u64,
+        elapsed_s: elapsed,
+        rate_keys_per_s: last as f64 / elapsed,
+        redis_cpu_us_per_event: (cpu1.used_cpu_us - cpu0.used_cpu_us).max(0.0) / last.max(1) as f64,
+    })
+}

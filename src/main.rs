@@ -165,7 +165,7 @@ enum Cmd {
         #[arg(long, default_value = "consumer")]
         name: String,
     },
-    /// Side by side on one Redis: the server's own expire-and-notify rate, the pipeline with no pacing and no work, deadline precision, both consumer layouts, memory.
+    /// Side by side on one Redis: the server's own expire-and-notify rate, the pipeline with no pacing and no work, deadline precision, both consumer layouts, the seed's own protocol, memory.
     Bench {
         #[command(flatten)]
         common: Common,
@@ -187,7 +187,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         background_keys: u64,
         /// Keys of each consumer-layout run (10,000/s offered, `--work-ms` work): the
-        /// dispatcher (`--consumers`, `--workers`, `--batch`) and the seed's (64 x 1, reads of 1).
+        /// dispatcher (`--consumers`, `--workers`, `--batch`) and the seed's (64 x 1, reads of
+        /// 1); and of the seed's own protocol run beside them (`seed_peer` in the report).
         #[arg(long, default_value_t = 50_000)]
         layout_keys: u64,
         /// Write the JSON report here.
@@ -456,6 +457,23 @@ async fn main() -> anyhow::Result<()> {
                     "oracle": l.oracle, "drained": l.drained,
                 }));
             }
+            admin.flushall().await?;
+            eprintln!("bench (e): the seed's own protocol (pub/sub bridge, SET NX PX 500 lock, processed set), {layout_keys} keys at 10,000/s, 64 consumers, {work_ms} ms work");
+            let peer = bench::seed_peer(
+                &url,
+                layout_keys,
+                Duration::from_millis(100),
+                100,
+                64,
+                Duration::from_millis(work_ms),
+            )
+            .await?;
+            let seed_layout_rate =
+                layouts.iter().find(|l| l["layout"] == "seed").and_then(|l| l["rate_keys_per_s"].as_f64());
+            println!(
+                "(e) seed peer: processed {} of {} keys, {:.0} keys/s, redis CPU {:.1} us/event (the pipeline at the seed's layout: {:.0} keys/s)",
+                peer.processed, peer.keys, peer.rate_keys_per_s, peer.redis_cpu_us_per_event, seed_layout_rate.unwrap_or(0.0)
+            );
             eprintln!("bench (c): Redis memory per tracked key, in-flight event and ledger id (100,000 each)");
             let mem = bench::memory(&url, 100_000).await?;
             let hour_ids = 10_000.0 * (3600.0 + 60.0);
@@ -470,7 +488,7 @@ async fn main() -> anyhow::Result<()> {
                 pipeline["redis_cpu_us_per_event"] = serde_json::json!(cost.redis_cpu_us_per_event);
                 pipeline["client_cpu_us_per_event"] = serde_json::json!(cost.client_cpu_us_per_event);
                 pipeline["cost"] = serde_json::to_value(&cost)?;
-                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": pipeline, "ratio": ratio, "precision": precision, "memory": mem, "layouts": layouts });
+                let v = serde_json::json!({ "redis_expire_notify": own, "pipeline": pipeline, "ratio": ratio, "precision": precision, "memory": mem, "layouts": layouts, "seed_peer": peer });
                 write_json(&p, &v)?;
             }
             if let Some(s) = server {

@@ -322,10 +322,9 @@ impl Machine {
                         if self.stopping {
                             self.to_release.extend(c.entries.into_iter().map(|w| w.entry.id));
                         } else {
-                            // Reclaimed entries have waited longest: they go first.
-                            for w in c.entries.into_iter().rev() {
-                                self.ready.push_front(w);
-                            }
+                            // Behind what this consumer read itself: pushed ahead, its own entries
+                            // would idle past the claim timeout in turn and be taken from it.
+                            self.ready.extend(c.entries);
                         }
                     }
                     Err(f) => self.failed(now, "reclaim", f, &mut out),
@@ -513,10 +512,10 @@ impl Machine {
         let want = (self.idle.len() + self.ahead).saturating_sub(self.ready.len()).min(self.s.batch.max(1));
         if now >= self.hold_until {
             // A reclaim goes out when due, beside a blocking read (on the other connection) and
-            // whatever waits: entries of a dead consumer must not wait for a backlog to drain.
-            // It takes up to `batch`, so a consumer holds at most that much more.
+            // whatever waits, unless more than `batch` waits: entries of a dead consumer must
+            // not wait for a backlog to drain, and what waits stays below twice `batch`.
             let claim_due = now - self.last_claim >= self.s.claim_interval.as_millis() as i64;
-            if !self.claiming && claim_due {
+            if !self.claiming && claim_due && self.ready.len() <= self.s.batch.max(1) {
                 self.last_claim = now;
                 self.claiming = true;
                 if let Some(every) = self.s.prune_every {
@@ -882,10 +881,12 @@ mod tests {
     }
 
     #[test]
-    fn a_reclaim_due_under_a_backlog_goes_out_and_what_it_takes_is_handled_first() {
+    fn a_reclaim_due_under_a_backlog_goes_out_and_queues_behind_what_was_read_up_to_a_bound() {
         // The only worker is busy and reads filled the read-ahead: a reclaim still goes out
         // when due (pause-consumer: entries of a stopped consumer must not wait for the
-        // backlog to drain), and the entries it takes, the oldest, are handled next.
+        // backlog to drain). What it takes waits behind what was read (ahead of it, those
+        // would idle past the claim timeout and be taken in turn), and no reclaim goes out
+        // while more than `batch` entries wait.
         let mut m = Machine::new(settings(4, 1), 0);
         m.poll(0);
         m.on(0, Input::Read(Ok(vec![entry(1), entry(2)])));
@@ -896,10 +897,14 @@ mod tests {
         m.on(500, Input::Read(Ok(vec![])));
         assert_eq!(m.poll(600), vec![], "the read-ahead bound (2 again) is reached");
         assert_eq!(m.poll(1000), vec![Command::Claim { cursor: "0-0".into(), count: 4 }]);
-        m.on(1000, claim(vec![Work { entry: entry(9), token: 2 }], &[]));
+        m.on(1000, claim((10..14).map(|i| Work { entry: entry(i), token: 2 }).collect(), &[]));
         let c = ok(&mut m, first);
-        assert_eq!(handled_ids(&c), vec!["9-0"]);
-        assert_eq!(m.held(), 3);
+        assert_eq!(handled_ids(&c), vec!["2-0"]);
+        assert_eq!(m.held(), 6, "3 and the four reclaimed wait, 2 runs");
+        assert_eq!(m.poll(2000), vec![], "five wait, more than the batch (4): no reclaim");
+        let c = ok(&mut m, handles(&c)[0]);
+        assert_eq!(handled_ids(&c), vec!["3-0"]);
+        assert_eq!(m.poll(2000), vec![Command::Claim { cursor: "0-0".into(), count: 4 }], "four wait");
     }
 
     #[test]
@@ -940,10 +945,8 @@ mod tests {
         );
         assert_eq!((m.counts().reclaimed, m.counts().deleted_while_pending), (3, 2));
         assert_eq!(m.held(), 3);
-        // Reclaimed entries carry their delivery count; the later reclaim's go first.
+        // Reclaimed entries carry their delivery count.
         let c = m.poll(0);
-        assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, entry_id, .. } if entry_id == "3-0")));
-        let c = ok(&mut m, handles(&c)[0]);
         assert!(c.iter().any(|c| matches!(c, Command::Handle { token: 2, entry_id, .. } if entry_id == "1-0")));
     }
 

@@ -25,6 +25,7 @@ pub mod notify;
 pub mod protocol;
 pub mod scripts;
 mod seam;
+pub mod seed_peer;
 pub mod server;
 
 pub use model_store::{ModelStore, SharedModel};
