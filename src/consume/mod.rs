@@ -1,6 +1,7 @@
 //! Consumers: each a fair dispatcher (ADR 016) reading with `XREADGROUP` what its idle workers
 //! can take, a handler per event on the worker idle the longest, fenced commits as entries
-//! finish, `XAUTOCLAIM` reclaim, retries with backoff, dead letters, graceful shutdown. Every decision is the state machine's
+//! finish, `XAUTOCLAIM` reclaim, retries with backoff, dead letters, graceful shutdown. Every
+//! decision is the state machine's
 //! ([`crate::core::consumer::Machine`], which the simulator and loom drive too); this module
 //! is its tokio driver and the process's group committer. Knows no Redis command itself:
 //! every call goes through the store seam [`crate::store::Store`] (Redis in production, the
@@ -38,8 +39,9 @@ pub struct ConsumerConfig {
     /// How long one `XREADGROUP` blocks.
     pub block: Duration,
     /// Idle time after which another consumer may claim an entry. An entry waits for a worker
-    /// at most behind `batch` others, so keep this above `(batch / concurrency + 1) × handler
-    /// p99` (a consumer slower than that is fenced: safe, but its work is wasted).
+    /// behind at most `2 × batch` others (read-ahead and reclaims), so keep this above
+    /// `(2 × batch / concurrency + 1) × handler p99` (a consumer slower than that is fenced:
+    /// safe, but its work is wasted).
     pub claim_idle: Duration,
     /// How often each consumer looks for claimable entries.
     pub claim_interval: Duration,
