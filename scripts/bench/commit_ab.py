@@ -4,9 +4,7 @@ import os, sys, time
 sys.path.insert(0, os.path.dirname(__file__))
 import lua_lib
 r=lua_lib.conn()
-rev=os.environ.get('OLD_REV','HEAD')
-old=lua_lib.text(['effects.lua','commit.lua'], rev)
-new=lua_lib.text(['effects.lua','commit.lua'])
+old, new = lua_lib.old_and_new(['effects.lua','commit.lua'])
 def trial(src,label,n_entries=12,calls=300,consumers=1,with_effect=True):
     sha=r.script_load(src)
     r.flushall()
@@ -28,8 +26,8 @@ def trial(src,label,n_entries=12,calls=300,consumers=1,with_effect=True):
             argv+= [1,3,'RPUSH','{x}:fx','rec'] if with_effect else [0]
         res=r.evalsha(sha,3,'{x}:events','{x}:stats','{x}:dead',*argv)
         assert all(x==1 for x in res), res
-    st=r.info('commandstats')
-    print(f"{label:4} {n_entries}/call {consumers} consumer(s): {st['cmdstat_evalsha']['usec']/tot:6.2f} us/entry", {k[8:]:round(v['usec']/tot,2) for k,v in st.items() if k not in('cmdstat_evalsha','cmdstat_config|resetstat')})
+    us, inner = lua_lib.per_item(r, tot)
+    print(f"{label:4} {n_entries}/call {consumers} consumer(s): {us:6.2f} us/entry", inner)
 for _ in range(2):
     for n in (1,12):
         trial(old,'old',n); trial(new,'new',n)

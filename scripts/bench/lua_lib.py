@@ -18,3 +18,14 @@ def text(files, rev=None):
         else:
             out.append(open(os.path.join(ROOT, LUA, f)).read())
     return '\n'.join(out)
+
+def old_and_new(files):
+    """The script as of OLD_REV (default HEAD) and as in the working tree."""
+    return text(files, os.environ.get('OLD_REV', 'HEAD')), text(files)
+
+def per_item(r, n):
+    """After CONFIG RESETSTAT and n items: EVALSHA's us per item and each inner command's."""
+    st = r.info('commandstats')
+    inner = {k[8:]: round(v['usec'] / n, 2) for k, v in st.items()
+             if k not in ('cmdstat_evalsha', 'cmdstat_config|resetstat')}
+    return st['cmdstat_evalsha']['usec'] / n, inner

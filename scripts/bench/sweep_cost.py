@@ -4,9 +4,7 @@ import os, sys, time
 sys.path.insert(0, os.path.dirname(__file__))
 import lua_lib
 r=lua_lib.conn()
-rev=os.environ.get('OLD_REV','HEAD')
-old=lua_lib.text(['sweep.lua'], rev)
-new=lua_lib.text(['sweep.lua'])
+old, new = lua_lib.old_and_new(['sweep.lua'])
 def trial(src,label,n=20000,batch=1000):
     sha=r.script_load(src)
     r.flushall()
@@ -23,7 +21,7 @@ def trial(src,label,n=20000,batch=1000):
         res=r.evalsha(sha,4,'{x}:idx','{x}:pay','{x}:events','{x}:stats',batch)
         tot+=res[0]
         if res[1]==0: break
-    st=r.info('commandstats')
-    print(f"{label:6} emitted {tot} evalsha {st['cmdstat_evalsha']['usec']/n:.2f} us/key", {k[8:]:round(v['usec']/n,2) for k,v in st.items() if k!='cmdstat_evalsha' and k!='cmdstat_config|resetstat'})
+    us, inner = lua_lib.per_item(r, n)
+    print(f"{label:6} emitted {tot} evalsha {us:.2f} us/key", inner)
 for _ in range(2):
     trial(old,'old'); trial(new,'new')

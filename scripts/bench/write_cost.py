@@ -4,9 +4,7 @@ import os, sys
 sys.path.insert(0, os.path.dirname(__file__))
 import lua_lib
 r = lua_lib.conn()
-rev = os.environ.get('OLD_REV', 'HEAD')
-old = lua_lib.text(['write.lua'], rev)
-new = lua_lib.text(['write.lua'])
+old, new = lua_lib.old_and_new(['write.lua'])
 
 def trial(src, label, n=50000, batch=256):
     sha = r.script_load(src)
@@ -18,9 +16,8 @@ def trial(src, label, n=50000, batch=256):
         for k in keys:
             argv += ['60000', 'payload-' + k]
         r.evalsha(sha, 4 + len(keys), '{x}:idx', '{x}:pay', '{x}:events', '{x}:stats', *keys, *argv)
-    st = r.info('commandstats')
-    inner = {k[8:]: round(v['usec'] / n, 2) for k, v in st.items() if k not in ('cmdstat_evalsha', 'cmdstat_config|resetstat')}
-    print(f"{label:4} evalsha {st['cmdstat_evalsha']['usec'] / n:6.2f} us/key", inner)
+    us, inner = lua_lib.per_item(r, n)
+    print(f"{label:4} evalsha {us:6.2f} us/key", inner)
 
 for _ in range(2):
     trial(old, 'old')
