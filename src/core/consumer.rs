@@ -509,7 +509,16 @@ impl Machine {
         // Ask for what the idle workers can take and the read-ahead bound: the read is out
         // while workers run, so its round trip leaves the per-entry cycle, and what comes back
         // waits for a worker only up to that bound.
-        let want = (self.idle.len() + self.ahead).saturating_sub(self.ready.len()).min(self.s.batch.max(1));
+        // A refill waits until what waits has fallen to half the bound (a low-water mark): under
+        // a backlog a busy consumer reads half the bound at a time, not one entry per entry
+        // handled. An idle worker finds nothing waiting (it would have taken it), so it never
+        // waits for the mark.
+        let refill = self.ready.len() <= self.ahead / 2;
+        let want = if refill {
+            (self.idle.len() + self.ahead).saturating_sub(self.ready.len()).min(self.s.batch.max(1))
+        } else {
+            0
+        };
         if now >= self.hold_until {
             // A reclaim goes out when due, beside a blocking read (on the other connection) and
             // whatever waits, unless more than `batch` waits: entries of a dead consumer must
@@ -788,19 +797,70 @@ mod tests {
         assert_eq!((m.read_ahead(), m.counts().adaptive_growths), (8, 3));
         assert_eq!(m.held(), 9);
         assert_eq!(m.poll(0), vec![], "8 wait for the busy worker: the bound is reached, nothing is read");
-        // The worker takes the next; one place is free and a read asks for it.
-        let c = ok(&mut m, 0);
-        assert_eq!((handled_ids(&c), reads(&c)), (vec!["2-0".to_string()], vec![1]));
-        // Not full: halved (8 -> 4 -> 2 -> 1), never below one.
+        // The worker takes the next entries; a read goes out only once half the bound (4)
+        // or fewer wait, and asks for the rest of the bound.
+        let steps: Vec<(String, Vec<usize>)> = (0..4)
+            .map(|slot| {
+                let c = ok(&mut m, slot);
+                (handled_ids(&c)[0].clone(), reads(&c))
+            })
+            .collect();
+        let expected = [("2-0", vec![]), ("3-0", vec![]), ("4-0", vec![]), ("5-0", vec![4])];
+        assert_eq!(steps, expected.map(|(id, r)| (id.to_string(), r)).to_vec());
+        // Not full: halved (8 -> 4 -> 2 -> 1), never below one; each refill again waits for
+        // half the (smaller) bound.
         m.on(0, Input::Read(Ok(vec![])));
         assert_eq!(m.read_ahead(), 4);
-        m.poll(0);
+        assert_eq!(reads(&ok(&mut m, 4)), Vec::<usize>::new(), "three wait");
+        assert_eq!(reads(&ok(&mut m, 5)), vec![2], "two wait");
         m.on(0, Input::Read(Ok(vec![])));
-        m.poll(0);
-        m.on(0, Input::Read(Ok(vec![])));
-        m.poll(0);
+        assert_eq!(m.read_ahead(), 2);
+        assert_eq!(reads(&ok(&mut m, 6)), vec![1], "one waits");
         m.on(0, Input::Read(Ok(vec![])));
         assert_eq!(m.read_ahead(), 1);
+    }
+
+    #[test]
+    fn under_a_backlog_a_busy_consumer_refills_its_read_ahead_in_halves_not_one_entry_per_handled_entry() {
+        // The seed's layout: one worker, reads of up to 16. With the bound at 16 and the
+        // worker busy, a read goes out only once the waiting entries fall to half the bound:
+        // one read per eight entries handled, not one per entry (each read is a round trip
+        // and a command the server runs).
+        let mut m = Machine::new(settings(16, 1), 0);
+        let mut next = 1u64;
+        let mut batch = |n: usize| {
+            let v: Vec<RawEntry> = (next..next + n as u64).map(entry).collect();
+            next += n as u64;
+            v
+        };
+        let mut cmds = m.poll(0);
+        let mut running = None;
+        let mut read_sizes = vec![];
+        for _ in 0..400 {
+            for cmd in std::mem::take(&mut cmds) {
+                match cmd {
+                    Command::Read { count } => {
+                        read_sizes.push(count);
+                        cmds.extend(m.on(0, Input::Read(Ok(batch(count)))));
+                    }
+                    Command::Commit(v) => {
+                        cmds.extend(m.on(0, Input::Committed(Ok(vec![CommitOutcome::Committed; v.len()]))));
+                    }
+                    Command::Handle { slot, .. } => running = Some(slot),
+                    _ => {}
+                }
+            }
+            cmds.extend(m.poll(0));
+            if cmds.is_empty() {
+                // Nothing else to do: the running handler finishes.
+                let slot = running.take().expect("the worker runs an entry");
+                cmds = m.on(0, Input::Handled { slot, result: Ok(vec![]), unit: 0.5 });
+            }
+        }
+        assert_eq!(m.read_ahead(), 16, "every read came back full: the bound grew to the batch");
+        let steady = &read_sizes[read_sizes.len() - 5..];
+        assert!(steady.iter().all(|n| *n >= 8), "reads under a backlog: {read_sizes:?}");
+        assert!(m.held() <= 17, "the bound still holds: {} held", m.held());
     }
 
     #[test]
