@@ -151,6 +151,16 @@ enum Cmd {
         /// the deadline index, so keys tracked under any name are captured.
         #[arg(long)]
         workload_only: bool,
+        /// Adopt keys written by any program that match PATTERN (a Redis glob pattern, as for
+        /// `SCAN MATCH`; repeatable): a key that gets a TTL is put into the deadline index (from
+        /// its `expire`, `set` or `rename_to` event, and from a reconcile scan for events nobody
+        /// heard) and from then on captured exactly once like a tracked key. Needs the `g` and
+        /// `$` notification classes (set here when CONFIG is allowed).
+        #[arg(long = "adopt", value_name = "PATTERN")]
+        adopt: Vec<String>,
+        /// The reconcile scan's pace: at most this many keys examined per second, per pattern.
+        #[arg(long, default_value_t = 100_000, value_name = "KEYS_PER_S")]
+        scan_rate: u64,
     },
     /// N consumers with a named handler until SIGINT/SIGTERM.
     Consume {
@@ -345,19 +355,26 @@ async fn main() -> anyhow::Result<()> {
             let r = workload::produce(&store, &w, Arc::new(AtomicU64::new(0))).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Cmd::Capture { common, listeners, sweepers, workload_only } => {
+        Cmd::Capture { common, listeners, sweepers, workload_only, adopt, scan_rate } => {
+            if scan_rate == 0 && !adopt.is_empty() {
+                anyhow::bail!("--scan-rate must be at least 1 key per second");
+            }
             let store = RedisStore::connect(&url(&common)?, &common.ns, &common.group).await?;
             store.ensure_group().await?;
-            match capture::ensure_notifications(&store).await {
+            match capture::ensure_notifications_for(&store, !adopt.is_empty()).await {
                 capture::NotifyConfig::NotPermitted(e) => eprintln!("warning: {} ({e})", capture::NOTIFY_HELP),
                 c => eprintln!("notifications: {c:?}"),
             }
             let db = store.db();
             let mut r = Running::default();
             let prefix = workload_only.then(|| store.keys.key_prefix().into_bytes());
-            r.listeners(&store, listeners, db, prefix);
+            let patterns: Vec<Vec<u8>> = adopt.iter().map(|p| p.clone().into_bytes()).collect();
+            r.adopting_listeners(&store, listeners, db, prefix, patterns.clone());
             r.sweepers(&store, sweepers, SweeperConfig::default());
-            eprintln!("capture: {listeners} listener(s), {sweepers} sweeper(s) on {}", store.keys.ns);
+            let cfg = capture::ReconcileConfig { keys_per_s: scan_rate, ..capture::ReconcileConfig::default() };
+            r.reconcilers(&store, &patterns, cfg);
+            let adopting = if adopt.is_empty() { String::new() } else { format!(", adopting {}", adopt.join(" ")) };
+            eprintln!("capture: {listeners} listener(s), {sweepers} sweeper(s) on {}{adopting}", store.keys.ns);
             r.until_signal().await?;
         }
         Cmd::Consume { common, consumers, handler, name } => {

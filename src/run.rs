@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::capture::{self, ListenerStats, SweeperConfig, SweeperStats};
+use crate::capture::{self, ListenerStats, ReconcileConfig, ReconcileStats, SweeperConfig, SweeperStats};
 use crate::consume::{self, ConsumerConfig, ConsumerStats, Handler};
 use crate::oracle::{self, Latency};
 use crate::report::{Captured, RunReport, RunSettings, Sample};
@@ -44,6 +44,18 @@ impl Default for Running {
 impl Running {
     /// Starts `n` listeners on db `db` (notifications must already be enabled).
     pub fn listeners(&mut self, store: &RedisStore, n: usize, db: i64, prefix: Option<Vec<u8>>) {
+        self.adopting_listeners(store, n, db, prefix, vec![]);
+    }
+    /// [`Running::listeners`] that also adopt keys matching `adopt` (Redis glob patterns); the
+    /// notification classes must include the adoption events (`capture::ensure_notifications_for`).
+    pub fn adopting_listeners(
+        &mut self,
+        store: &RedisStore,
+        n: usize,
+        db: i64,
+        prefix: Option<Vec<u8>>,
+        adopt: Vec<Vec<u8>>,
+    ) {
         for _ in 0..n {
             let s = Arc::new(ListenerStats::default());
             self.listener_stats.push(s.clone());
@@ -51,12 +63,36 @@ impl Running {
                 store.clone(),
                 db,
                 prefix.clone(),
+                adopt.clone(),
                 self.sweep_now.clone(),
                 s,
                 self.stop.subscribe(),
             );
             self.tasks.push(tokio::spawn(fut));
         }
+    }
+    /// One reconcile scan per adoption pattern (see [`capture::run_reconciler`]).
+    pub fn reconcilers(
+        &mut self,
+        store: &RedisStore,
+        patterns: &[Vec<u8>],
+        cfg: ReconcileConfig,
+    ) -> Vec<Arc<ReconcileStats>> {
+        let mut all = vec![];
+        for p in patterns {
+            let s = Arc::new(ReconcileStats::default());
+            all.push(s.clone());
+            let fut = capture::run_reconciler(
+                store.clone(),
+                p.clone(),
+                cfg,
+                self.sweep_now.clone(),
+                s,
+                self.stop.subscribe(),
+            );
+            self.tasks.push(tokio::spawn(fut));
+        }
+        all
     }
     pub fn sweepers(&mut self, store: &RedisStore, n: usize, cfg: SweeperConfig) {
         for _ in 0..n {

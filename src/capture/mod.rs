@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::core::listener::{notify_classes_to_set, Action, Heard, ListenerCounts, ListenerMachine};
+use crate::core::listener::{notify_classes_for, Action, Heard, ListenerCounts, ListenerMachine, ADOPT_EVENTS};
 use crate::core::Via;
 use crate::store::notify::Push;
 use crate::store::RedisStore;
@@ -19,6 +19,8 @@ pub struct ListenerStats {
     pub notifications: AtomicU64,
     pub emitted: AtomicU64,
     pub reconnects: AtomicU64,
+    pub adoption_events: AtomicU64,
+    pub adopted: AtomicU64,
 }
 
 impl ListenerStats {
@@ -27,6 +29,8 @@ impl ListenerStats {
         self.notifications.store(c.notifications, Ordering::Relaxed);
         self.emitted.store(c.emitted, Ordering::Relaxed);
         self.reconnects.store(c.reconnects, Ordering::Relaxed);
+        self.adoption_events.store(c.adoption_events, Ordering::Relaxed);
+        self.adopted.store(c.adopted, Ordering::Relaxed);
     }
 }
 
@@ -44,11 +48,17 @@ pub enum NotifyConfig {
 /// Makes sure `notify-keyspace-events` includes keyevent notifications for expirations,
 /// keeping whatever classes were already enabled.
 pub async fn ensure_notifications(store: &RedisStore) -> NotifyConfig {
+    ensure_notifications_for(store, false).await
+}
+
+/// [`ensure_notifications`], and with `adopt` the classes of the adoption events too
+/// (`g$`: `expire`, `rename_to`, `set`).
+pub async fn ensure_notifications_for(store: &RedisStore, adopt: bool) -> NotifyConfig {
     let cur = match store.notify_config().await {
         Ok(v) => v,
         Err(e) => return NotifyConfig::NotPermitted(e.to_string()),
     };
-    let Some(new) = notify_classes_to_set(&cur) else {
+    let Some(new) = notify_classes_for(&cur, adopt) else {
         return NotifyConfig::AlreadyEnabled(cur);
     };
     match store.set_notify_config(&new).await {
@@ -66,19 +76,26 @@ sweeper; untracked keys are not captured at all until this is set.";
 /// Listens for `expired` keyevent notifications on db `db` and runs the capture step for the
 /// keys named, in batches. Survives reconnects (RESP3 connection manager with automatic
 /// resubscription) and asks the sweepers to run at once after each, since notifications
-/// sent while it was away are gone for good.
+/// sent while it was away are gone for good. With adoption patterns (`adopt`, Redis glob
+/// patterns) it also hears the events that give keys a TTL and adopts the keys that match.
 pub async fn run_listener(
     store: RedisStore,
     db: i64,
     key_prefix: Option<Vec<u8>>,
+    adopt: Vec<Vec<u8>>,
     sweep_now: Arc<Notify>,
     stats: Arc<ListenerStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (mut sub, mut pushes) = store.subscribe(&format!("__keyevent@{db}__:expired")).await?;
+    let adopting = !adopt.is_empty();
+    let mut channels = vec![format!("__keyevent@{db}__:expired")];
+    if adopting {
+        channels.extend(ADOPT_EVENTS.iter().map(|e| format!("__keyevent@{db}__:{e}")));
+    }
+    let (mut sub, mut pushes) = store.subscribe_all(&channels).await?;
     // Anything that expired before we subscribed is for the sweepers.
     sweep_now.notify_waiters();
-    let mut m = ListenerMachine::new(db, key_prefix);
+    let mut m = ListenerMachine::new(db, key_prefix).with_adopt(adopt);
     let mut ping = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -115,9 +132,13 @@ pub async fn run_listener(
                                 let r = store.capture(&keys, Via::Notification).await;
                                 next.extend(m.captured(r.map(|(e, _, _)| e).map_err(|e| e.to_string())));
                             }
+                            Action::Adopt(keys) => {
+                                let r = store.adopt(&keys).await;
+                                next.extend(m.adopted(r.map(|(a, _)| a).map_err(|e| e.to_string())));
+                            }
                             Action::SweepNow => sweep_now.notify_waiters(),
                             Action::EnsureNotifications => {
-                                if let NotifyConfig::NotPermitted(e) = ensure_notifications(&store).await {
+                                if let NotifyConfig::NotPermitted(e) = ensure_notifications_for(&store, adopting).await {
                                     eprintln!("listener: {NOTIFY_HELP} ({e})");
                                 }
                             }
@@ -199,4 +220,93 @@ pub async fn run_sweeper(
         }
     }
     Ok(())
+}
+
+/// Reconcile scan settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ReconcileConfig {
+    /// Keys examined per `SCAN` step (its `COUNT`).
+    pub count: usize,
+    /// At most this many keys examined per second (bounds Redis load on a big keyspace).
+    pub keys_per_s: u64,
+    /// Pause after a complete pass before the next.
+    pub pass_pause: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig { count: 1000, keys_per_s: 100_000, pass_pause: Duration::from_secs(1) }
+    }
+}
+
+/// What one reconcile scan did, counted from replies.
+#[derive(Debug, Default)]
+pub struct ReconcileStats {
+    /// `SCAN` steps answered.
+    pub steps: AtomicU64,
+    /// Keys the steps returned (matching the pattern).
+    pub matched: AtomicU64,
+    /// Keys the adopt script put into the index (not heard by any listener before).
+    pub adopted: AtomicU64,
+    /// Complete passes over the keyspace.
+    pub passes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// The reconcile scan for one adoption pattern: an incremental `SCAN MATCH` over the database,
+/// adopting what it finds (keys whose `expire` event no listener heard). Its cursor is kept in
+/// Redis after every step, so a restarted scan resumes where it stopped; several scans of one
+/// pattern share it (each step is idempotent: adoption is). Paced to `keys_per_s` keys
+/// examined per second.
+pub async fn run_reconciler(
+    store: RedisStore,
+    pattern: Vec<u8>,
+    cfg: ReconcileConfig,
+    sweep_now: Arc<Notify>,
+    stats: Arc<ReconcileStats>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let step_pause = Duration::from_secs_f64(cfg.count as f64 / cfg.keys_per_s.max(1) as f64);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let pause = match reconcile_step(&store, &pattern, cfg.count).await {
+            Ok((next, matched, adopted)) => {
+                stats.steps.fetch_add(1, Ordering::Relaxed);
+                stats.matched.fetch_add(matched, Ordering::Relaxed);
+                stats.adopted.fetch_add(adopted, Ordering::Relaxed);
+                if adopted > 0 {
+                    sweep_now.notify_waiters();
+                }
+                if next == 0 {
+                    stats.passes.fetch_add(1, Ordering::Relaxed);
+                    cfg.pass_pause.max(step_pause)
+                } else {
+                    step_pause
+                }
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("reconcile scan ({}): {e}; retrying", String::from_utf8_lossy(&pattern));
+                Duration::from_millis(200)
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    Ok(())
+}
+
+/// One step: the kept cursor, one `SCAN`, adoption of what it found, the next cursor kept.
+/// Returns (next cursor, keys matched, keys adopted).
+async fn reconcile_step(store: &RedisStore, pattern: &[u8], count: usize) -> crate::store::Result<(u64, u64, u64)> {
+    let cursor = store.adopt_cursor(pattern).await?;
+    let (next, keys) = store.scan_match(cursor, pattern, count).await?;
+    let (adopted, _) = store.adopt(&keys).await?;
+    // Kept only after the adoption: a step cut short is repeated, never skipped.
+    store.set_adopt_cursor(pattern, next).await?;
+    Ok((next, keys.len() as u64, adopted))
 }

@@ -3,6 +3,11 @@
 //! subscription means (notifications sent meanwhile are gone for good: the sweepers must run
 //! at once; a restarted Redis has forgotten a `CONFIG SET`: enable notifications again).
 //! `capture::run_listener` drives it on Redis; the simulator drives the same machine.
+//!
+//! With adoption patterns (`capture --adopt PATTERN`), the listener also hears the events that
+//! give a key a TTL (`expire`, and `set` and `rename_to`, after which the key may have one) and
+//! asks for the adoption of the keys that match: the adopt script puts a key with a TTL into the
+//! deadline index, from then on captured exactly once like a tracked key.
 
 /// What the subscription delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +25,9 @@ pub enum Heard {
 pub enum Action {
     /// Run the capture script for these keys; answer with [`ListenerMachine::captured`].
     Capture(Vec<Vec<u8>>),
+    /// Run the adopt script for these keys (they match an adoption pattern and may have a
+    /// TTL now); answer with [`ListenerMachine::adopted`].
+    Adopt(Vec<Vec<u8>>),
     /// Wake the sweepers now.
     SweepNow,
     /// Make sure keyspace notifications are enabled (a restarted server forgot them).
@@ -37,31 +45,66 @@ pub struct ListenerCounts {
     pub emitted: u64,
     /// Subscriptions lost.
     pub reconnects: u64,
+    /// `expire`, `set` and `rename_to` events of this database for keys matching an
+    /// adoption pattern.
+    pub adoption_events: u64,
+    /// Keys the adopt script put into the deadline index for them.
+    pub adopted: u64,
 }
+
+/// The keyevent names that may give a key a TTL (or a new one), for adoption.
+pub const ADOPT_EVENTS: [&str; 3] = ["expire", "set", "rename_to"];
 
 /// One listener: the database it listens to and the key prefix it captures (None: every key).
 #[derive(Clone, Debug)]
 pub struct ListenerMachine {
     db: i64,
     key_prefix: Option<Vec<u8>>,
+    adopt: Vec<Vec<u8>>,
     counts: ListenerCounts,
 }
 
 impl ListenerMachine {
     pub fn new(db: i64, key_prefix: Option<Vec<u8>>) -> ListenerMachine {
-        ListenerMachine { db, key_prefix, counts: ListenerCounts::default() }
+        ListenerMachine { db, key_prefix, adopt: vec![], counts: ListenerCounts::default() }
     }
 
-    /// The actions for one burst of pushes: at most one capture (the burst's keys, in order),
-    /// after the sweeps and re-enabling the burst's (re)subscriptions ask for.
+    /// Adopts keys matching any of `patterns` (Redis glob patterns, [`super::glob`]).
+    pub fn with_adopt(mut self, patterns: Vec<Vec<u8>>) -> ListenerMachine {
+        self.adopt = patterns;
+        self
+    }
+
+    /// True when `key` matches an adoption pattern.
+    pub fn adopts(&self, key: &[u8]) -> bool {
+        self.adopt.iter().any(|p| super::glob::matches(p, key))
+    }
+
+    /// The actions for one burst of pushes: at most one adoption and one capture (the burst's
+    /// keys, in order), after the sweeps and re-enabling the burst's (re)subscriptions ask for.
+    /// The adoption goes first: a key given a TTL and expired within one burst is in the index
+    /// by the time its capture runs.
     pub fn heard(&mut self, burst: Vec<Heard>) -> Vec<Action> {
         let mut out = vec![];
         let mut keys = vec![];
+        let mut adopt: Vec<Vec<u8>> = vec![];
         for h in burst {
             match h {
                 Heard::Message { channel, payload } => {
                     let Some(n) = super::parse_notification(&channel, &payload) else { continue };
-                    if n.event != b"expired" || i64::from(n.db) != self.db {
+                    if i64::from(n.db) != self.db {
+                        continue;
+                    }
+                    if ADOPT_EVENTS.iter().any(|e| n.event == e.as_bytes()) {
+                        if self.adopts(&n.key) {
+                            self.counts.adoption_events += 1;
+                            if !adopt.contains(&n.key) {
+                                adopt.push(n.key);
+                            }
+                        }
+                        continue;
+                    }
+                    if n.event != b"expired" {
                         continue;
                     }
                     self.counts.notifications += 1;
@@ -79,10 +122,32 @@ impl ListenerMachine {
                 }
             }
         }
+        if !adopt.is_empty() {
+            out.push(Action::Adopt(adopt));
+        }
         if !keys.is_empty() {
             out.push(Action::Capture(keys));
         }
         out
+    }
+
+    /// The adopt script's answer: keys put into the index, or why it failed. A failed adoption
+    /// is left to the reconcile scan (the events are gone).
+    pub fn adopted(&mut self, result: Result<u64, String>) -> Vec<Action> {
+        match result {
+            Ok(n) => {
+                self.counts.adopted += n;
+                // An adopted key may be due before the sweepers' next planned wake.
+                if n > 0 {
+                    vec![Action::SweepNow]
+                } else {
+                    vec![]
+                }
+            }
+            Err(e) => {
+                vec![Action::Warn(format!("listener: adoption failed ({e}); the reconcile scan will find these keys"))]
+            }
+        }
     }
 
     /// The capture script's answer: events emitted, or why it failed. A failed capture loses
@@ -109,19 +174,25 @@ impl ListenerMachine {
 /// (`x`, or `A` for all) to `current`, keeping every class already there; None when both are
 /// on already.
 pub fn notify_classes_to_set(current: &str) -> Option<String> {
-    let has_e = current.contains('E');
-    let has_x = current.contains('x') || current.contains('A');
-    if has_e && has_x {
-        return None;
+    notify_classes_for(current, false)
+}
+
+/// As [`notify_classes_to_set`], and with `adopt` also the classes of the adoption events:
+/// generic commands (`g`: `expire`, `rename_to`) and strings (`$`: `set`).
+pub fn notify_classes_for(current: &str, adopt: bool) -> Option<String> {
+    let all = current.contains('A');
+    let mut need = vec!['E', 'x'];
+    if adopt {
+        need.extend(['g', '$']);
     }
     let mut new = current.to_string();
-    if !has_e {
-        new.push('E');
+    for c in need {
+        let has = current.contains(c) || (c != 'E' && all);
+        if !has {
+            new.push(c);
+        }
     }
-    if !has_x {
-        new.push('x');
-    }
-    Some(new)
+    (new != current).then_some(new)
 }
 
 #[cfg(test)]
@@ -136,6 +207,42 @@ mod tests {
         assert_eq!(notify_classes_to_set("xE"), None);
         assert_eq!(notify_classes_to_set("KEA"), None);
         assert_eq!(notify_classes_to_set("KA"), Some("KAE".into()));
+    }
+
+    #[test]
+    fn adoption_adds_the_generic_and_string_classes_unless_all_are_on() {
+        assert_eq!(notify_classes_for("", true), Some("Exg$".into()));
+        assert_eq!(notify_classes_for("Ex", true), Some("Exg$".into()));
+        assert_eq!(notify_classes_for("KEA", true), None);
+        assert_eq!(notify_classes_for("Eg$x", true), None);
+        assert_eq!(notify_classes_for("Eg$x", false), None);
+    }
+
+    #[test]
+    fn ttl_events_of_keys_matching_a_pattern_become_one_adoption_before_the_burst_s_capture() {
+        let mut l = ListenerMachine::new(0, None).with_adopt(vec![b"ext:*".to_vec(), b"job:[0-9]".to_vec()]);
+        let a = l.heard(vec![
+            msg("__keyevent@0__:set", "ext:1"),
+            msg("__keyevent@0__:expire", "ext:1"),
+            msg("__keyevent@0__:rename_to", "job:7"),
+            msg("__keyevent@0__:expire", "job:x"),
+            msg("__keyevent@1__:expire", "ext:2"),
+            msg("__keyevent@0__:del", "ext:3"),
+            msg("__keyevent@0__:expired", "ext:4"),
+        ]);
+        assert_eq!(
+            a,
+            vec![Action::Adopt(vec![b"ext:1".to_vec(), b"job:7".to_vec()]), Action::Capture(vec![b"ext:4".to_vec()])]
+        );
+        assert_eq!((l.counts().adoption_events, l.counts().notifications), (3, 1));
+        // Without patterns the same events are ignored.
+        let mut plain = ListenerMachine::new(0, None);
+        assert_eq!(plain.heard(vec![msg("__keyevent@0__:expire", "ext:1")]), vec![]);
+        // Keys adopted wake the sweepers (one may be due before their next planned wake).
+        assert_eq!(l.adopted(Ok(2)), vec![Action::SweepNow]);
+        assert_eq!(l.adopted(Ok(0)), vec![]);
+        assert_eq!(l.counts().adopted, 2);
+        assert!(matches!(&l.adopted(Err("oops".into()))[..], [Action::Warn(w)] if w.contains("reconcile")));
     }
 
     fn msg(channel: &str, key: &str) -> Heard {

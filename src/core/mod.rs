@@ -3,6 +3,7 @@
 //! of its inputs, which is what lets the property tests and fuzz targets drive it alone.
 
 pub mod consumer;
+pub mod glob;
 pub mod handler;
 pub mod listener;
 pub mod sync;

@@ -531,6 +531,11 @@ impl World {
                         self.log(format_args!("listener{i} capture {} -> {e}/{m}/{d}", keys.len()));
                         next.extend(self.listeners[i].machine.captured(Ok(e)));
                     }
+                    ListenerAction::Adopt(keys) => {
+                        let (a, _) = self.store.adopt(&keys);
+                        self.log(format_args!("listener{i} adopt {} -> {a}", keys.len()));
+                        next.extend(self.listeners[i].machine.adopted(Ok(a)));
+                    }
                     ListenerAction::SweepNow => self.wake_sweepers(),
                     // The model's notifications are on whenever someone listens.
                     ListenerAction::EnsureNotifications => {}

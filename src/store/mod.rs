@@ -53,6 +53,8 @@ pub struct Keys {
     pub ledger_prefix: String,
     pub created: String,
     pub effects: String,
+    /// The reconcile scan's cursors, one field per adoption pattern.
+    pub adopt: String,
 }
 
 impl Keys {
@@ -68,6 +70,7 @@ impl Keys {
             ledger_prefix: format!("{t}:ledger:"),
             created: format!("{t}:oracle:created"),
             effects: format!("{t}:oracle:effects"),
+            adopt: format!("{t}:adopt"),
         }
     }
     /// Prefix for workload keys of this namespace (same hash tag).
@@ -383,6 +386,47 @@ impl RedisStore {
     /// Runs the capture step for keys named by notifications. Returns (emitted, moved, dropped).
     pub async fn capture(&self, keys: &[Vec<u8>], via: crate::core::Via) -> Result<(u64, u64, u64)> {
         scripts::capture_reply(&self.eval(&mut self.conn.clone(), scripts::capture(&self.keys, keys, via)).await?)
+    }
+
+    /// Adopts `keys` (other programs' keys matching an adoption pattern): each that has a TTL
+    /// goes into the deadline index. Returns (adopted, moved).
+    pub async fn adopt(&self, keys: &[Vec<u8>]) -> Result<(u64, u64)> {
+        if keys.is_empty() {
+            return Ok((0, 0));
+        }
+        scripts::adopt_reply(&self.eval(&mut self.conn.clone(), scripts::adopt(&self.keys, keys)).await?)
+    }
+
+    /// One step of the reconcile scan: `SCAN cursor MATCH pattern COUNT count` (keys of every
+    /// type; the adopt script skips those without a TTL). Returns the next cursor (0: a pass
+    /// is complete) and the keys.
+    pub async fn scan_match(&self, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        Ok(redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// The reconcile scan's cursor for `pattern`, kept in Redis (`{ns}:adopt`, one field per
+    /// pattern) so that a restarted scan resumes where it stopped; 0 when none is kept.
+    pub async fn adopt_cursor(&self, pattern: &[u8]) -> Result<u64> {
+        let v: Option<u64> =
+            redis::cmd("HGET").arg(&self.keys.adopt).arg(pattern).query_async(&mut self.conn.clone()).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Keeps the reconcile scan's cursor for `pattern` (see [`RedisStore::adopt_cursor`]).
+    pub async fn set_adopt_cursor(&self, pattern: &[u8], cursor: u64) -> Result<()> {
+        Ok(redis::cmd("HSET")
+            .arg(&self.keys.adopt)
+            .arg(pattern)
+            .arg(cursor)
+            .query_async(&mut self.conn.clone())
+            .await?)
     }
 
     /// Captures up to `limit` due index entries, by the server's clock.

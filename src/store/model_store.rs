@@ -91,6 +91,12 @@ impl ModelStore {
         Self::must(v.and_then(|v| scripts::capture_reply(&v)))
     }
 
+    /// `adopt.lua`: the named keys that have a TTL go into the deadline index. (adopted, moved).
+    pub fn adopt(&mut self, keys: &[Vec<u8>]) -> (u64, u64) {
+        let v = self.eval(scripts::adopt(&self.keys, keys));
+        Self::must(v.and_then(|v| scripts::adopt_reply(&v)))
+    }
+
     /// `sweep.lua`: captures up to `limit` due index entries by the server's clock.
     pub fn sweep(&mut self, limit: usize) -> Sweep {
         let v = self.eval(scripts::sweep(&self.keys, limit));

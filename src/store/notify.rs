@@ -72,6 +72,11 @@ impl Pushes {
 /// Subscribes to `channel` on a RESP3 connection of its own (pushes need RESP3), managed:
 /// it reconnects and resubscribes by itself, and reports both as pushes.
 pub(super) async fn subscribe_on(client: &Client, channel: &str) -> Result<(Subscriber, Pushes)> {
+    subscribe_all_on(client, &[channel.to_string()]).await
+}
+
+/// [`subscribe_on`] for several channels on one connection.
+pub(super) async fn subscribe_all_on(client: &Client, channels: &[String]) -> Result<(Subscriber, Pushes)> {
     let info = client.get_connection_info().clone();
     let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
     let client = Client::open(info.set_redis_settings(settings))?;
@@ -82,7 +87,7 @@ pub(super) async fn subscribe_on(client: &Client, channel: &str) -> Result<(Subs
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
     let mut conn = ConnectionManager::new_with_config(client, cfg).await?;
-    conn.subscribe(channel).await?;
+    conn.subscribe(channels).await?;
     Ok((Subscriber { conn }, Pushes { rx }))
 }
 
@@ -90,6 +95,11 @@ impl RedisStore {
     /// Subscribes to `channel` on this store's server (see [`Pushes`] for what arrives).
     pub async fn subscribe(&self, channel: &str) -> Result<(Subscriber, Pushes)> {
         subscribe_on(&self.client, channel).await
+    }
+
+    /// Subscribes to several channels on one subscriber connection.
+    pub async fn subscribe_all(&self, channels: &[String]) -> Result<(Subscriber, Pushes)> {
+        subscribe_all_on(&self.client, channels).await
     }
 
     /// The `notify-keyspace-events` setting (`CONFIG GET`; empty when not reported).

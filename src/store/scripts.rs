@@ -27,6 +27,7 @@ macro_rules! source {
 pub enum ScriptId {
     Write,
     Track,
+    Adopt,
     Capture,
     Sweep,
     Commit,
@@ -38,9 +39,10 @@ pub enum ScriptId {
 }
 
 impl ScriptId {
-    pub const ALL: [ScriptId; 10] = [
+    pub const ALL: [ScriptId; 11] = [
         ScriptId::Write,
         ScriptId::Track,
+        ScriptId::Adopt,
         ScriptId::Capture,
         ScriptId::Sweep,
         ScriptId::Commit,
@@ -56,6 +58,7 @@ impl ScriptId {
         match self {
             ScriptId::Write => "write",
             ScriptId::Track => "track",
+            ScriptId::Adopt => "adopt",
             ScriptId::Capture => "capture",
             ScriptId::Sweep => "sweep",
             ScriptId::Commit => "commit",
@@ -73,6 +76,7 @@ impl ScriptId {
         match self {
             ScriptId::Write => &["write.lua"],
             ScriptId::Track => &["track.lua"],
+            ScriptId::Adopt => &["adopt.lua"],
             ScriptId::Capture => &["capture.lua"],
             ScriptId::Sweep => &["sweep.lua"],
             ScriptId::Commit => &["effects.lua", "commit.lua"],
@@ -101,6 +105,7 @@ impl ScriptId {
         match self {
             ScriptId::Write => source!("write.lua"),
             ScriptId::Track => source!("track.lua"),
+            ScriptId::Adopt => source!("adopt.lua"),
             ScriptId::Capture => source!("capture.lua"),
             ScriptId::Sweep => source!("sweep.lua"),
             ScriptId::Commit => source!("effects.lua", "commit.lua"),
@@ -231,6 +236,24 @@ pub fn track(k: &Keys, key: &[u8]) -> Call {
 pub fn track_reply(v: &Value) -> Result<Option<i64>> {
     let dl = as_int(v).ok_or_else(|| bad("track", v))?;
     Ok((dl >= 0).then_some(dl))
+}
+
+/// `adopt.lua`: the named keys (other programs' keys matching an adoption pattern) that have a
+/// TTL go into the deadline index.
+pub fn adopt(k: &Keys, keys: &[Vec<u8>]) -> Call {
+    let mut c = Call::capture_keys(ScriptId::Adopt, k);
+    for key in keys {
+        c = c.key(key);
+    }
+    c.arg(&format!("{{{}}}:", k.ns))
+}
+
+/// (adopted, moved).
+pub fn adopt_reply(v: &Value) -> Result<(u64, u64)> {
+    match ints(v, "adopt")?[..] {
+        [a, m] => Ok((a as u64, m as u64)),
+        _ => Err(bad("adopt", v)),
+    }
 }
 
 /// `capture.lua` for keys named by notifications.
@@ -444,6 +467,7 @@ mod tests {
             ($($f:literal),+) => { [$(($f, include_str!(concat!("lua/", $f)))),+] };
         }
         let files = lua!(
+            "adopt.lua",
             "capture.lua",
             "claim.lua",
             "commit.lua",

@@ -705,3 +705,217 @@ async fn a_departed_idle_consumer_is_pruned_from_the_group() {
     .await;
     run.shutdown().await.unwrap();
 }
+
+/// Sets `keys` with plain `SET key v PXAT deadline` on a connection of the test's own, as any
+/// other program would (no library call, no deadline index). Returns the deadlines.
+async fn plain_set(ctx: &Ctx, keys: &[String], ttl_ms: impl Fn(usize) -> i64) -> Vec<i64> {
+    let mut c = ctx.conn().await;
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let now = secs * 1000 + micros / 1000;
+    let mut pipe = redis::pipe();
+    let deadlines: Vec<i64> = (0..keys.len()).map(|i| now + ttl_ms(i)).collect();
+    for (k, d) in keys.iter().zip(&deadlines) {
+        pipe.cmd("SET").arg(k).arg("v").arg("PXAT").arg(*d).ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    deadlines
+}
+
+/// The stream's event ids, each with how often it occurs.
+async fn stream_ids(ctx: &Ctx) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in ctx.stream().await {
+        *seen.entry(field_str(&e, "id")).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_another_program_gives_a_ttl_are_adopted_by_pattern_and_each_expiration_captured_once() {
+    let ctx = Ctx::new("adopt").await;
+    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
+    let mut run = Running::default();
+    // Three listeners adopt and capture; two sweepers; no reconcile scan (the events suffice).
+    // The second pattern also matches the namespace's own keys, which are never adopted.
+    run.adopting_listeners(&ctx.store, 3, 0, None, vec![b"ext:*".to_vec(), b"{adopt}:*".to_vec()]);
+    run.sweepers(&ctx.store, 2, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    // Keys given a TTL before a listener hears `expire` would wait for a reconcile scan, and
+    // this test runs none: wait until all three are subscribed.
+    let mut c = ctx.conn().await;
+    ctx.until("three listeners subscribed", WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let v: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
+            v.1 == 3
+        }
+    })
+    .await;
+    let ext: Vec<String> = (0..2000).map(|i| format!("ext:{i}")).collect();
+    let other: Vec<String> = (0..200).map(|i| format!("other:{i}")).collect();
+    let mut expected = HashMap::new();
+    for chunk in ext.chunks(250) {
+        // Long enough that a listener adopts each key before it expires, even on a loaded
+        // machine: a key that expires before any listener adopted it is the gap this step does
+        // not close yet (issue 13: the `expired` of a key not yet adopted, emitted once).
+        for (k, d) in chunk.iter().zip(plain_set(&ctx, chunk, |i| 1000 + (i as i64 % 5) * 100).await) {
+            expected.insert(event_id(k.as_bytes(), d), k.clone());
+        }
+    }
+    plain_set(&ctx, &other, |_| 100).await;
+    // Shaped like the namespace's ledger buckets and batch records (which expire).
+    plain_set(&ctx, &["{adopt}:ledger:1".to_string(), "{adopt}:wb:1".to_string()], |_| 100).await;
+    // Given a TTL and then made persistent: adopted, then dropped; no expiration, no event.
+    let kept: Vec<String> = (0..50).map(|i| format!("ext:kept:{i}")).collect();
+    plain_set(&ctx, &kept, |_| 1000).await;
+    // Given a TTL, adopted, then a shorter one: the event carries the deadline that ran out.
+    let short: Vec<String> = (0..50).map(|i| format!("ext:short:{i}")).collect();
+    plain_set(&ctx, &short, |_| 5000).await;
+    // No TTL at all: heard (`set`), never adopted.
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("SET").arg(format!("ext:plain:{i}")).arg("v").ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for k in &kept {
+        let _: i64 = redis::cmd("PERSIST").arg(k).query_async(&mut c).await.unwrap();
+    }
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let shorter = secs * 1000 + micros / 1000 + 800;
+    for k in &short {
+        let _: i64 = redis::cmd("PEXPIREAT").arg(k).arg(shorter).query_async(&mut c).await.unwrap();
+        expected.insert(event_id(k.as_bytes(), shorter), k.clone());
+    }
+    ctx.until("every adopted key captured", WAIT, || async { stream_ids(&ctx).await.len() >= expected.len() }).await;
+    // Past the kept keys' old deadline and a few sweeps more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = run.listener_stats.clone();
+    run.shutdown().await.unwrap();
+    let seen = stream_ids(&ctx).await;
+    assert!(seen.values().all(|n| *n == 1), "an expiration was captured twice");
+    let missing: Vec<&String> = expected.iter().filter(|(id, _)| !seen.contains_key(*id)).map(|(_, k)| k).collect();
+    assert!(
+        missing.is_empty(),
+        "{} adopted keys were not captured, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "keys outside the patterns, the namespace's own or ones made persistent were captured"
+    );
+    let adopted: u64 = stats.iter().map(|s| s.adopted.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert_eq!(
+        adopted,
+        (ext.len() + kept.len() + short.len()) as u64,
+        "each key with a TTL adopted once, by one of the three listeners"
+    );
+    assert_eq!(ctx.store.backlog().await.unwrap().tracked, 0, "nothing left in the index");
+    for k in &kept {
+        let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert_eq!(v.as_deref(), Some("v"), "a persistent key is untouched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_scan_adopts_keys_whose_events_nobody_heard_and_keeps_its_cursor_in_redis() {
+    let ctx = Ctx::new("reconcile").await;
+    // Written while no listener ran: their `expire` events are gone.
+    let keys: Vec<String> = (0..3000).map(|i| format!("late:{i}")).collect();
+    let mut expected = HashMap::new();
+    for chunk in keys.chunks(500) {
+        for (k, d) in chunk.iter().zip(plain_set(&ctx, chunk, |i| 1500 + (i as i64 % 10) * 50).await) {
+            expected.insert(event_id(k.as_bytes(), d), k.clone());
+        }
+    }
+    let mut run = Running::default();
+    run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    // Small steps, so a pass takes several steps and its cursor is kept between them.
+    let cfg = expiry_stream::capture::ReconcileConfig {
+        count: 200,
+        keys_per_s: 1_000_000,
+        pass_pause: Duration::from_millis(100),
+    };
+    let stats = run.reconcilers(&ctx.store, &[b"late:*".to_vec()], cfg);
+    ctx.until("every key captured", WAIT, || async { stream_ids(&ctx).await.len() >= expected.len() }).await;
+    run.shutdown().await.unwrap();
+    let seen = stream_ids(&ctx).await;
+    assert!(seen.values().all(|n| *n == 1), "an expiration was captured twice");
+    assert!(expected.keys().all(|id| seen.contains_key(id)), "a key the scan found was not captured");
+    assert_eq!(seen.len(), expected.len());
+    let s = &stats[0];
+    assert_eq!(s.adopted.load(std::sync::atomic::Ordering::Relaxed), keys.len() as u64);
+    assert!(s.steps.load(std::sync::atomic::Ordering::Relaxed) > 1, "the pass took several steps");
+    let mut c = ctx.conn().await;
+    let cursor: Option<String> =
+        redis::cmd("HGET").arg(&ctx.store.keys.adopt).arg("late:*").query_async(&mut c).await.unwrap();
+    assert!(cursor.is_some(), "the cursor is kept in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_patterns_match_exactly_what_redis_scan_match_matches() {
+    // The listener matches patterns itself (core::glob); the reconcile scan lets Redis match.
+    // Both must agree, or a key would be adopted by one path and not the other.
+    let ctx = Ctx::new("glob").await;
+    let mut c = ctx.conn().await;
+    let keys = [
+        "ext:1", "ext:", "ex", "ext:a:b", "h*llo", "hello", "hallo", "hbllo", "h]llo", "h\\llo", "a[b", "ab", "job:7",
+        "job:x", "JOB:7", "x?y", "xzy", "k:7abc", "k:x7",
+    ];
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("SET").arg(format!("glob:{k}")).arg("v").ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let patterns = [
+        "ext:*",
+        "h?llo",
+        "h[ae]llo",
+        "h[^e]llo",
+        "h[a-b]llo",
+        "h[b-a]llo",
+        "h\\*llo",
+        "h[\\]]llo",
+        "a[b",
+        "job:[0-9]",
+        "x\\?y",
+        "k:[0-9]*",
+        "*",
+        "*:*",
+        "h*o",
+        "[",
+        "\\",
+        "h[]llo",
+    ];
+    for p in patterns {
+        let full = format!("glob:{p}");
+        let mut by_redis: Vec<String> = vec![];
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&full)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            by_redis.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        by_redis.sort();
+        let mut by_us: Vec<String> = keys
+            .iter()
+            .map(|k| format!("glob:{k}"))
+            .filter(|k| expiry_stream::core::glob::matches(full.as_bytes(), k.as_bytes()))
+            .collect();
+        by_us.sort();
+        assert_eq!(by_us, by_redis, "pattern {full:?}");
+    }
+}
