@@ -5,9 +5,10 @@
 //! `capture::run_listener` drives it on Redis; the simulator drives the same machine.
 //!
 //! With adoption patterns (`capture --adopt PATTERN`), the listener also hears the events that
-//! give a key a TTL (`expire`, and `set` and `rename_to`, after which the key may have one) and
-//! asks for the adoption of the keys that match: the adopt script puts a key with a TTL into the
-//! deadline index, from then on captured exactly once like a tracked key.
+//! give a key a TTL (`expire`, and `set` and `rename_to`, after which the key may have one) or
+//! take it away (`del`, `rename_from`) and asks for the adoption of the keys that match: the
+//! adopt script puts a key with a TTL into the deadline index, from then on captured exactly
+//! once like a tracked key, and settles a key already indexed (see [`ADOPT_EVENTS`]).
 
 /// What the subscription delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,15 +46,18 @@ pub struct ListenerCounts {
     pub emitted: u64,
     /// Subscriptions lost.
     pub reconnects: u64,
-    /// `expire`, `set` and `rename_to` events of this database for keys matching an
-    /// adoption pattern.
+    /// [`ADOPT_EVENTS`] of this database for keys matching an adoption pattern.
     pub adoption_events: u64,
     /// Keys the adopt script put into the deadline index for them.
     pub adopted: u64,
 }
 
-/// The keyevent names that may give a key a TTL (or a new one), for adoption.
-pub const ADOPT_EVENTS: [&str; 3] = ["expire", "set", "rename_to"];
+/// The keyevents adoption follows: those that may give a key a TTL (or a new one: `expire`,
+/// `set`, `rename_to`), and those that take an adopted key away before its deadline (`del`,
+/// which `EXPIRE` with a time in the past publishes too, and `rename_from`): the adopt script
+/// settles an indexed key at once, so a key deleted or renamed away is dropped, not captured
+/// as expired at its old deadline.
+pub const ADOPT_EVENTS: [&str; 5] = ["expire", "set", "rename_to", "del", "rename_from"];
 
 /// One listener: the database it listens to and the key prefix it captures (None: every key).
 #[derive(Clone, Debug)]
@@ -228,13 +232,13 @@ mod tests {
             msg("__keyevent@0__:expire", "job:x"),
             msg("__keyevent@1__:expire", "ext:2"),
             msg("__keyevent@0__:del", "ext:3"),
+            msg("__keyevent@0__:rename_from", "ext:5"),
+            msg("__keyevent@0__:evicted", "ext:6"),
             msg("__keyevent@0__:expired", "ext:4"),
         ]);
-        assert_eq!(
-            a,
-            vec![Action::Adopt(vec![b"ext:1".to_vec(), b"job:7".to_vec()]), Action::Capture(vec![b"ext:4".to_vec()])]
-        );
-        assert_eq!((l.counts().adoption_events, l.counts().notifications), (3, 1));
+        let adopt = vec![b"ext:1".to_vec(), b"job:7".to_vec(), b"ext:3".to_vec(), b"ext:5".to_vec()];
+        assert_eq!(a, vec![Action::Adopt(adopt), Action::Capture(vec![b"ext:4".to_vec()])]);
+        assert_eq!((l.counts().adoption_events, l.counts().notifications), (5, 1));
         // Without patterns the same events are ignored.
         let mut plain = ListenerMachine::new(0, None);
         assert_eq!(plain.heard(vec![msg("__keyevent@0__:expire", "ext:1")]), vec![]);

@@ -919,3 +919,60 @@ async fn adoption_patterns_match_exactly_what_redis_scan_match_matches() {
         assert_eq!(by_us, by_redis, "pattern {full:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_once_not_captured_at_its_old_deadline() {
+    let ctx = Ctx::new("adoptedge").await;
+    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
+    let mut run = Running::default();
+    run.adopting_listeners(&ctx.store, 2, 0, None, vec![b"ext:*".to_vec()]);
+    run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let mut c = ctx.conn().await;
+    ctx.until("two listeners subscribed", WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let v: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
+            v.1 == 2
+        }
+    })
+    .await;
+    let names = |what: &str| (0..40).map(|i| format!("ext:{what}:{i}")).collect::<Vec<String>>();
+    let (deleted, renamed, past) = (names("del"), names("ren"), names("past"));
+    for group in [&deleted, &renamed, &past] {
+        plain_set(&ctx, group, |_| 1200).await;
+    }
+    ctx.until("all adopted", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 120 }).await;
+    let mut expected = HashMap::new();
+    for k in &deleted {
+        let _: i64 = redis::cmd("DEL").arg(k).query_async(&mut c).await.unwrap();
+    }
+    for k in &renamed {
+        let to = k.replace("ext:ren:", "ext:renamed:");
+        let dl: i64 = redis::cmd("PEXPIRETIME").arg(k).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("RENAME").arg(k).arg(&to).query_async(&mut c).await.unwrap();
+        // The TTL moves with the key: one expiration, under the new name.
+        expected.insert(event_id(to.as_bytes(), dl), to);
+    }
+    for k in &past {
+        // Redis deletes the key at once and publishes `del`, not `expired`.
+        let _: i64 = redis::cmd("PEXPIREAT").arg(k).arg(1).query_async(&mut c).await.unwrap();
+    }
+    // Past every old deadline, and a few sweeps more.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    ctx.until("index empty", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 0 }).await;
+    run.shutdown().await.unwrap();
+    let seen = stream_ids(&ctx).await;
+    let names_seen: Vec<String> = ctx.stream().await.iter().map(|e| field_str(e, "k")).collect();
+    assert!(
+        names_seen.iter().all(|k| k.starts_with("ext:renamed:")),
+        "a deleted, renamed-away or expired-into-the-past key was captured: {:?}",
+        names_seen.iter().filter(|k| !k.starts_with("ext:renamed:")).take(5).collect::<Vec<_>>()
+    );
+    assert!(seen.values().all(|n| *n == 1), "captured twice");
+    assert_eq!(
+        seen.keys().collect::<std::collections::BTreeSet<_>>(),
+        expected.keys().collect(),
+        "one event per renamed key, at its deadline"
+    );
+}
