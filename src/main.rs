@@ -161,6 +161,11 @@ enum Cmd {
         /// The reconcile scan's pace: at most this many keys examined per second, per pattern.
         #[arg(long, default_value_t = 100_000, value_name = "KEYS_PER_S")]
         scan_rate: u64,
+        /// Copy an adopted key's string value, when at most BYTES long, so that its event
+        /// carries it (Redis deletes the value before it publishes `expired`); updated when the
+        /// key is written again while adopted. 0: no copy (the payload is empty).
+        #[arg(long, default_value_t = 0, value_name = "BYTES")]
+        adopt_value_max: usize,
     },
     /// N consumers with a named handler until SIGINT/SIGTERM.
     Consume {
@@ -355,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
             let r = workload::produce(&store, &w, Arc::new(AtomicU64::new(0))).await?;
             println!("{}", serde_json::to_string(&r)?);
         }
-        Cmd::Capture { common, listeners, sweepers, workload_only, adopt, scan_rate } => {
+        Cmd::Capture { common, listeners, sweepers, workload_only, adopt, scan_rate, adopt_value_max } => {
             if scan_rate == 0 && !adopt.is_empty() {
                 anyhow::bail!("--scan-rate must be at least 1 key per second");
             }
@@ -369,9 +374,14 @@ async fn main() -> anyhow::Result<()> {
             let mut r = Running::default();
             let prefix = workload_only.then(|| store.keys.key_prefix().into_bytes());
             let patterns: Vec<Vec<u8>> = adopt.iter().map(|p| p.clone().into_bytes()).collect();
-            r.adopting_listeners(&store, listeners, db, prefix, patterns.clone());
+            let adoption = capture::Adoption { patterns: patterns.clone(), value_max: adopt_value_max };
+            r.adopting_listeners(&store, listeners, db, prefix, adoption);
             r.sweepers(&store, sweepers, SweeperConfig::default());
-            let cfg = capture::ReconcileConfig { keys_per_s: scan_rate, ..capture::ReconcileConfig::default() };
+            let cfg = capture::ReconcileConfig {
+                keys_per_s: scan_rate,
+                value_max: adopt_value_max,
+                ..capture::ReconcileConfig::default()
+            };
             r.reconcilers(&store, &patterns, cfg);
             let adopting = if adopt.is_empty() { String::new() } else { format!(", adopting {}", adopt.join(" ")) };
             eprintln!("capture: {listeners} listener(s), {sweepers} sweeper(s) on {}{adopting}", store.keys.ns);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::capture::{self, ListenerStats, ReconcileConfig, ReconcileStats, SweeperConfig, SweeperStats};
+use crate::capture::{self, Adoption, ListenerStats, ReconcileConfig, ReconcileStats, SweeperConfig, SweeperStats};
 use crate::consume::{self, ConsumerConfig, ConsumerStats, Handler};
 use crate::oracle::{self, Latency};
 use crate::report::{Captured, RunReport, RunSettings, Sample};
@@ -44,9 +44,9 @@ impl Default for Running {
 impl Running {
     /// Starts `n` listeners on db `db` (notifications must already be enabled).
     pub fn listeners(&mut self, store: &RedisStore, n: usize, db: i64, prefix: Option<Vec<u8>>) {
-        self.adopting_listeners(store, n, db, prefix, vec![]);
+        self.adopting_listeners(store, n, db, prefix, Adoption::default());
     }
-    /// [`Running::listeners`] that also adopt keys matching `adopt` (Redis glob patterns); the
+    /// [`Running::listeners`] that also adopt keys matching `adopt`'s patterns; the
     /// notification classes must include the adoption events (`capture::ensure_notifications_for`).
     pub fn adopting_listeners(
         &mut self,
@@ -54,7 +54,7 @@ impl Running {
         n: usize,
         db: i64,
         prefix: Option<Vec<u8>>,
-        adopt: Vec<Vec<u8>>,
+        adopt: Adoption,
     ) {
         for _ in 0..n {
             let s = Arc::new(ListenerStats::default());

@@ -73,6 +73,15 @@ set `notify-keyspace-events` to include `Ex` (for example `Ex` or `KEA`) in the 
 configuration or your provider's parameter group. Tracked keys are still captured by the \
 sweeper; untracked keys are not captured at all until this is set.";
 
+/// What to adopt: keys written by other programs that match `patterns` (Redis glob patterns),
+/// with their string values copied as the event's payload when at most `value_max` bytes
+/// (0: no copy).
+#[derive(Clone, Debug, Default)]
+pub struct Adoption {
+    pub patterns: Vec<Vec<u8>>,
+    pub value_max: usize,
+}
+
 /// Listens for `expired` keyevent notifications on db `db` and runs the capture step for the
 /// keys named, in batches. Survives reconnects (RESP3 connection manager with automatic
 /// resubscription) and asks the sweepers to run at once after each, since notifications
@@ -82,12 +91,12 @@ pub async fn run_listener(
     store: RedisStore,
     db: i64,
     key_prefix: Option<Vec<u8>>,
-    adopt: Vec<Vec<u8>>,
+    adopt: Adoption,
     sweep_now: Arc<Notify>,
     stats: Arc<ListenerStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let adopting = !adopt.is_empty();
+    let adopting = !adopt.patterns.is_empty();
     let mut channels = vec![format!("__keyevent@{db}__:expired")];
     if adopting {
         channels.extend(ADOPT_EVENTS.iter().map(|e| format!("__keyevent@{db}__:{e}")));
@@ -95,7 +104,7 @@ pub async fn run_listener(
     let (mut sub, mut pushes) = store.subscribe_all(&channels).await?;
     // Anything that expired before we subscribed is for the sweepers.
     sweep_now.notify_waiters();
-    let mut m = ListenerMachine::new(db, key_prefix).with_adopt(adopt);
+    let mut m = ListenerMachine::new(db, key_prefix).with_adopt(adopt.patterns);
     let mut ping = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -133,7 +142,7 @@ pub async fn run_listener(
                                 next.extend(m.captured(r.map(|(e, _, _)| e).map_err(|e| e.to_string())));
                             }
                             Action::Adopt(keys) => {
-                                let r = store.adopt(&keys).await;
+                                let r = store.adopt(&keys, adopt.value_max).await;
                                 next.extend(m.adopted(r.map(|(a, _)| a).map_err(|e| e.to_string())));
                             }
                             Action::SweepNow => sweep_now.notify_waiters(),
@@ -231,11 +240,13 @@ pub struct ReconcileConfig {
     pub keys_per_s: u64,
     /// Pause after a complete pass before the next.
     pub pass_pause: Duration,
+    /// The value copy's bound in bytes (0: no copy), as [`Adoption::value_max`].
+    pub value_max: usize,
 }
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
-        ReconcileConfig { count: 1000, keys_per_s: 100_000, pass_pause: Duration::from_secs(1) }
+        ReconcileConfig { count: 1000, keys_per_s: 100_000, pass_pause: Duration::from_secs(1), value_max: 0 }
     }
 }
 
@@ -271,7 +282,7 @@ pub async fn run_reconciler(
         if *stop.borrow() {
             break;
         }
-        let pause = match reconcile_step(&store, &pattern, cfg.count).await {
+        let pause = match reconcile_step(&store, &pattern, cfg.count, cfg.value_max).await {
             Ok((next, matched, adopted)) => {
                 stats.steps.fetch_add(1, Ordering::Relaxed);
                 stats.matched.fetch_add(matched, Ordering::Relaxed);
@@ -302,10 +313,15 @@ pub async fn run_reconciler(
 
 /// One step: the kept cursor, one `SCAN`, adoption of what it found, the next cursor kept.
 /// Returns (next cursor, keys matched, keys adopted).
-async fn reconcile_step(store: &RedisStore, pattern: &[u8], count: usize) -> crate::store::Result<(u64, u64, u64)> {
+async fn reconcile_step(
+    store: &RedisStore,
+    pattern: &[u8],
+    count: usize,
+    value_max: usize,
+) -> crate::store::Result<(u64, u64, u64)> {
     let cursor = store.adopt_cursor(pattern).await?;
     let (next, keys) = store.scan_match(cursor, pattern, count).await?;
-    let (adopted, _) = store.adopt(&keys).await?;
+    let (adopted, _) = store.adopt(&keys, value_max).await?;
     // Kept only after the adoption: a step cut short is repeated, never skipped.
     store.set_adopt_cursor(pattern, next).await?;
     Ok((next, keys.len() as u64, adopted))

@@ -532,7 +532,7 @@ impl World {
                         next.extend(self.listeners[i].machine.captured(Ok(e)));
                     }
                     ListenerAction::Adopt(keys) => {
-                        let (a, _) = self.store.adopt(&keys);
+                        let (a, _) = self.store.adopt(&keys, 0);
                         self.log(format_args!("listener{i} adopt {} -> {a}", keys.len()));
                         next.extend(self.listeners[i].machine.adopted(Ok(a)));
                     }

@@ -389,12 +389,13 @@ impl RedisStore {
     }
 
     /// Adopts `keys` (other programs' keys matching an adoption pattern): each that has a TTL
-    /// goes into the deadline index. Returns (adopted, moved).
-    pub async fn adopt(&self, keys: &[Vec<u8>]) -> Result<(u64, u64)> {
+    /// goes into the deadline index; with `copy_max` > 0 a string value of at most that many
+    /// bytes is copied as the event's payload (`adopt.lua`). Returns (adopted, moved).
+    pub async fn adopt(&self, keys: &[Vec<u8>], copy_max: usize) -> Result<(u64, u64)> {
         if keys.is_empty() {
             return Ok((0, 0));
         }
-        scripts::adopt_reply(&self.eval(&mut self.conn.clone(), scripts::adopt(&self.keys, keys)).await?)
+        scripts::adopt_reply(&self.eval(&mut self.conn.clone(), scripts::adopt(&self.keys, keys, copy_max)).await?)
     }
 
     /// One step of the reconcile scan: `SCAN cursor MATCH pattern COUNT count` (keys of every

@@ -92,8 +92,8 @@ impl ModelStore {
     }
 
     /// `adopt.lua`: the named keys that have a TTL go into the deadline index. (adopted, moved).
-    pub fn adopt(&mut self, keys: &[Vec<u8>]) -> (u64, u64) {
-        let v = self.eval(scripts::adopt(&self.keys, keys));
+    pub fn adopt(&mut self, keys: &[Vec<u8>], copy_max: usize) -> (u64, u64) {
+        let v = self.eval(scripts::adopt(&self.keys, keys, copy_max));
         Self::must(v.and_then(|v| scripts::adopt_reply(&v)))
     }
 

@@ -240,12 +240,13 @@ pub fn track_reply(v: &Value) -> Result<Option<i64>> {
 
 /// `adopt.lua`: the named keys (other programs' keys matching an adoption pattern) that have a
 /// TTL go into the deadline index.
-pub fn adopt(k: &Keys, keys: &[Vec<u8>]) -> Call {
+/// `copy_max`: the value copy's bound in bytes (0: no copy).
+pub fn adopt(k: &Keys, keys: &[Vec<u8>], copy_max: usize) -> Call {
     let mut c = Call::capture_keys(ScriptId::Adopt, k);
     for key in keys {
         c = c.key(key);
     }
-    c.arg(&format!("{{{}}}:", k.ns))
+    c.arg(&format!("{{{}}}:", k.ns)).arg(copy_max)
 }
 
 /// (adopted, moved).

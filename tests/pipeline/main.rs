@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use expiry_stream::capture::SweeperConfig;
+use expiry_stream::capture::{Adoption, SweeperConfig};
 use expiry_stream::consume::{ConsumerConfig, Delivery, Handler, HandlerError, HandlerFuture};
 use expiry_stream::core::{encode_entry, event_id, CommitOutcome, Event};
 use expiry_stream::oracle::{self, RecordHandler};
@@ -737,7 +737,8 @@ async fn keys_another_program_gives_a_ttl_are_adopted_by_pattern_and_each_expira
     let mut run = Running::default();
     // Three listeners adopt and capture; two sweepers; no reconcile scan (the events suffice).
     // The second pattern also matches the namespace's own keys, which are never adopted.
-    run.adopting_listeners(&ctx.store, 3, 0, None, vec![b"ext:*".to_vec(), b"{adopt}:*".to_vec()]);
+    let adoption = Adoption { patterns: vec![b"ext:*".to_vec(), b"{adopt}:*".to_vec()], value_max: 0 };
+    run.adopting_listeners(&ctx.store, 3, 0, None, adoption);
     run.sweepers(&ctx.store, 2, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
     // Keys given a TTL before a listener hears `expire` would wait for a reconcile scan, and
     // this test runs none: wait until all three are subscribed.
@@ -837,6 +838,7 @@ async fn the_reconcile_scan_adopts_keys_whose_events_nobody_heard_and_keeps_its_
         count: 200,
         keys_per_s: 1_000_000,
         pass_pause: Duration::from_millis(100),
+        value_max: 0,
     };
     let stats = run.reconcilers(&ctx.store, &[b"late:*".to_vec()], cfg);
     ctx.until("every key captured", WAIT, || async { stream_ids(&ctx).await.len() >= expected.len() }).await;
@@ -925,7 +927,7 @@ async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_o
     let ctx = Ctx::new("adoptedge").await;
     expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
     let mut run = Running::default();
-    run.adopting_listeners(&ctx.store, 2, 0, None, vec![b"ext:*".to_vec()]);
+    run.adopting_listeners(&ctx.store, 2, 0, None, Adoption { patterns: vec![b"ext:*".to_vec()], value_max: 0 });
     run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
     let mut c = ctx.conn().await;
     ctx.until("two listeners subscribed", WAIT, || {
@@ -975,4 +977,50 @@ async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_o
         expected.keys().collect(),
         "one event per renamed key, at its deadline"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_value_copy_an_adopted_key_s_event_carries_its_last_value_up_to_the_bound() {
+    let ctx = Ctx::new("adoptvalue").await;
+    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
+    let mut run = Running::default();
+    run.adopting_listeners(&ctx.store, 1, 0, None, Adoption { patterns: vec![b"val:*".to_vec()], value_max: 16 });
+    run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let c = ctx.conn().await;
+    ctx.until("the listener subscribed", WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let v: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
+            v.1 == 1
+        }
+    })
+    .await;
+    let set = |k: &'static str, v: &'static str, extra: &'static [&'static str]| {
+        let mut c = c.clone();
+        async move {
+            let _: () = redis::cmd("SET").arg(k).arg(v).arg(extra).query_async(&mut c).await.unwrap();
+        }
+    };
+    set("val:small", "first", &["PX", "1000"]).await;
+    set("val:big", "a value longer than sixteen bytes", &["PX", "1000"]).await;
+    set("val:kept", "before", &["PX", "1000"]).await;
+    set("val:grows", "short", &["PX", "1000"]).await;
+    let mut h = ctx.conn().await;
+    let _: () = redis::cmd("HSET").arg("val:hash").arg("f").arg("v").query_async(&mut h).await.unwrap();
+    let _: i64 = redis::cmd("PEXPIRE").arg("val:hash").arg(1000).query_async(&mut h).await.unwrap();
+    ctx.until("all adopted", WAIT, || async { ctx.store.backlog().await.unwrap().tracked == 5 }).await;
+    // Written again, keeping the TTL: the copy follows the value, within the bound or not.
+    set("val:kept", "after", &["KEEPTTL"]).await;
+    set("val:grows", "now longer than sixteen bytes", &["KEEPTTL"]).await;
+    ctx.until("all captured", WAIT, || async { ctx.stream().await.len() == 5 }).await;
+    run.shutdown().await.unwrap();
+    let payloads: HashMap<String, String> =
+        ctx.stream().await.iter().map(|e| (field_str(e, "k"), field_str(e, "p"))).collect();
+    let expect: HashMap<String, String> =
+        [("val:small", "first"), ("val:big", ""), ("val:kept", "after"), ("val:grows", ""), ("val:hash", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    assert_eq!(payloads, expect, "each event carries the value the key had when it expired, if copyable");
 }
