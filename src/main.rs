@@ -17,7 +17,7 @@ use expiry_stream::provision::{Choice, RedisServer};
 use expiry_stream::run::{self, RunConfig, Running};
 use expiry_stream::store::server::Server;
 use expiry_stream::store::{LedgerConfig, RedisStore};
-use expiry_stream::workload::{self, WorkloadConfig};
+use expiry_stream::workload::{self, WorkloadConfig, Writer};
 
 #[derive(Parser)]
 #[command(name = "expiry-stream", version, about = "Redis key expirations, processed exactly once, with the proof")]
@@ -53,6 +53,10 @@ struct Workload {
     /// Payload size per key, bytes.
     #[arg(long, default_value_t = 16)]
     payload_bytes: usize,
+    /// Who writes the keys: `library` (`set_with_ttl`: tracked keys) or `plain` (plain `SET
+    /// ... PXAT` as any other program would, captured only by adoption; `run` adopts them).
+    #[arg(long, default_value = "library", value_parser = ["library", "plain"])]
+    writer: String,
 }
 
 #[derive(Args, Clone)]
@@ -302,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 ttl_ms: workload.ttl_ms,
                 delay_us: workload.delay_us,
                 payload_bytes: workload.payload_bytes,
+                writer: if workload.writer == "plain" { Writer::Plain } else { Writer::Library },
                 ..WorkloadConfig::default()
             };
             eprintln!(
@@ -355,6 +360,7 @@ async fn main() -> anyhow::Result<()> {
                 ttl_ms: workload.ttl_ms,
                 delay_us: workload.delay_us,
                 payload_bytes: workload.payload_bytes,
+                writer: if workload.writer == "plain" { Writer::Plain } else { Writer::Library },
                 ..WorkloadConfig::default()
             };
             let r = workload::produce(&store, &w, Arc::new(AtomicU64::new(0))).await?;

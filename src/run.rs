@@ -248,14 +248,25 @@ pub async fn run(store: &RedisStore, cfg: &RunConfig, backend: &str) -> anyhow::
     store.wipe().await?;
     oracle::Witness::new(store).wipe().await?;
     store.ensure_group().await?;
-    let notify = capture::ensure_notifications(store).await;
+    let plain = cfg.workload.writer == workload::Writer::Plain;
+    let notify = capture::ensure_notifications_for(store, plain).await;
     if let capture::NotifyConfig::NotPermitted(e) = &notify {
         eprintln!("warning: {} ({e})", capture::NOTIFY_HELP);
     }
     let db = store.db();
     let mut running = Running::default();
-    let prefix = Some(store.keys.key_prefix().into_bytes());
-    running.listeners(store, cfg.listeners, db, prefix);
+    if plain {
+        // The keys are written outside the library: the pipeline sees them only by adoption
+        // (their `expire` events, and a reconcile scan for events nobody heard).
+        let prefix = workload::plain_prefix(store);
+        let pattern = format!("{prefix}*").into_bytes();
+        let adoption = Adoption { patterns: vec![pattern.clone()], value_max: 0 };
+        running.adopting_listeners(store, cfg.listeners, db, Some(prefix.into_bytes()), adoption);
+        running.reconcilers(store, &[pattern], ReconcileConfig::default());
+    } else {
+        let prefix = Some(store.keys.key_prefix().into_bytes());
+        running.listeners(store, cfg.listeners, db, prefix);
+    }
     running.sweepers(store, cfg.sweepers, cfg.sweeper);
     let mut ccfg = cfg.consumer.clone();
     ccfg.batch = cfg.batch;
@@ -277,6 +288,7 @@ pub async fn run(store: &RedisStore, cfg: &RunConfig, backend: &str) -> anyhow::
     let mut drained_at: Option<Instant> = None;
     let mut last_sample = Instant::now() - Duration::from_secs(2);
     let mut producer = Some(producer);
+    let mut producer_done_at: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let backlog = store.backlog().await.unwrap_or_default();
@@ -284,10 +296,16 @@ pub async fn run(store: &RedisStore, cfg: &RunConfig, backend: &str) -> anyhow::
         if let Some(p) = producer.as_ref() {
             if p.is_finished() {
                 produce_report = Some(producer.take().unwrap().await??);
+                producer_done_at = Some(Instant::now());
             }
         }
         let now = Instant::now();
-        let done = producer.is_none() && backlog.is_empty();
+        // A plain writer's last keys enter the index only when adopted: not drained before
+        // they could have expired and been captured.
+        let settled = !plain
+            || producer_done_at
+                .is_some_and(|t: Instant| t.elapsed() >= Duration::from_millis(cfg.workload.ttl_ms + 1000));
+        let done = producer.is_none() && backlog.is_empty() && settled;
         if last_sample.elapsed() >= Duration::from_secs(1) || done {
             last_sample = now;
             let stats = store.stats().await.unwrap_or_default();

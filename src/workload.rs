@@ -17,6 +17,24 @@ pub const RETRY_BOUND: Duration = Duration::from_secs(60);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Who writes the workload's keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Writer {
+    /// The library's `set_with_ttl` (tracked keys, `{NS}:k:N`).
+    #[default]
+    Library,
+    /// Plain `SET key value PXAT deadline`, as any other program writes (`plain:{NS}:N`): the
+    /// keys reach the pipeline only through adoption (`capture --adopt 'plain:{NS}:*'`).
+    Plain,
+}
+
+impl Writer {
+    pub fn is_library(&self) -> bool {
+        *self == Writer::Library
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WorkloadConfig {
     pub keys: u64,
@@ -26,11 +44,21 @@ pub struct WorkloadConfig {
     pub payload_bytes: usize,
     /// Keys per script call at most.
     pub batch: usize,
+    /// Reports and snapshots show it only when it is not the library.
+    #[serde(skip_serializing_if = "Writer::is_library")]
+    pub writer: Writer,
 }
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        WorkloadConfig { keys: 100_000, ttl_ms: 100, delay_us: 100, payload_bytes: 16, batch: 256 }
+        WorkloadConfig {
+            keys: 100_000,
+            ttl_ms: 100,
+            delay_us: 100,
+            payload_bytes: 16,
+            batch: 256,
+            writer: Writer::Library,
+        }
     }
 }
 
@@ -77,6 +105,17 @@ pub fn payload_for(i: u64, bytes: usize) -> Vec<u8> {
 /// Workload key `i` of a namespace.
 pub fn key_for(store: &RedisStore, i: u64) -> Vec<u8> {
     format!("{}{i}", store.keys.key_prefix()).into_bytes()
+}
+
+/// Key `i` of a plain writer ([`Writer::Plain`]): outside the namespace's own keys, which are
+/// never adopted.
+pub fn plain_key_for(store: &RedisStore, i: u64) -> Vec<u8> {
+    format!("{}{i}", plain_prefix(store)).into_bytes()
+}
+
+/// The prefix of a plain writer's keys, `plain:{NS}:`; its adoption pattern is this and `*`.
+pub fn plain_prefix(store: &RedisStore) -> String {
+    format!("plain:{{{}}}:", store.keys.ns)
 }
 
 /// Creates `cfg.keys` tracked keys. The pacer is absolute: key `i` is due at
@@ -135,7 +174,11 @@ pub async fn produce_with(
         let items: Vec<(Vec<u8>, Vec<u8>, Duration)> = (sent..sent + n)
             .map(|i| {
                 let ttl = Duration::from_millis(ttl_of(&mut rng));
-                (key_for(store, i), payload_for(i, cfg.payload_bytes), ttl)
+                let key = match cfg.writer {
+                    Writer::Library => key_for(store, i),
+                    Writer::Plain => plain_key_for(store, i),
+                };
+                (key, payload_for(i, cfg.payload_bytes), ttl)
             })
             .collect();
         let id = format!("{run}-{batch_no}");
@@ -145,7 +188,19 @@ pub async fn produce_with(
             Some(g) => Some(g.read().await),
             None => None,
         };
-        let deadlines = retrying("write batch", RETRY_BOUND, &retries, || store.write_batch_once(id, items)).await?;
+        let deadlines = match cfg.writer {
+            Writer::Library => {
+                retrying("write batch", RETRY_BOUND, &retries, || store.write_batch_once(id, items)).await?
+            }
+            Writer::Plain => {
+                // Deadlines fixed before the first attempt, so a retry sends the same `PXAT`s
+                // (a plain `SET` is then idempotent: same value, same deadline).
+                let now = retrying("server time", RETRY_BOUND, &retries, || store.server_time_ms()).await?;
+                let dls: Vec<i64> = items.iter().map(|(_, _, ttl)| now + ttl.as_millis() as i64).collect();
+                retrying("plain write", RETRY_BOUND, &retries, || store.set_plain(items, &dls)).await?;
+                dls
+            }
+        };
         if let Some(f) = file.as_mut() {
             use std::io::Write;
             for ((k, _, _), d) in items.iter().zip(&deadlines) {

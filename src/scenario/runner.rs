@@ -493,6 +493,7 @@ async fn produce(
         delay_us: (1e6 / w.rate_per_s).round() as u64,
         payload_bytes: w.payload_bytes,
         batch: 64,
+        writer: crate::workload::Writer::Library,
     };
     let extras = crate::workload::Extras {
         ttl: Some(ttl),

@@ -412,6 +412,23 @@ impl RedisStore {
             .await?)
     }
 
+    /// The server's clock, Unix ms (`TIME`).
+    pub async fn server_time_ms(&self) -> Result<i64> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Writes `items` as any other program would, with no script and no index: one plain
+    /// `SET key value PXAT deadline` each (pipelined). The workload's plain writer
+    /// (`run --writer plain`): its keys reach the pipeline only by adoption.
+    pub async fn set_plain(&self, items: &[(Vec<u8>, Vec<u8>, Duration)], deadlines: &[i64]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for ((k, v, _), d) in items.iter().zip(deadlines) {
+            pipe.cmd("SET").arg(k.as_slice()).arg(v.as_slice()).arg("PXAT").arg(*d).ignore();
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
     /// The reconcile scan's cursor for `pattern`, kept in Redis (`{ns}:adopt`, one field per
     /// pattern) so that a restarted scan resumes where it stopped; 0 when none is kept.
     pub async fn adopt_cursor(&self, pattern: &[u8]) -> Result<u64> {

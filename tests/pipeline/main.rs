@@ -505,7 +505,14 @@ async fn produce_survives_killed_connections_without_gap_or_double() {
     };
 
     // 20,000 keys at 150 us each: about 3 s of producing, so about 60 kills land during it.
-    let w = WorkloadConfig { keys: KEYS, ttl_ms: 100, delay_us: 150, payload_bytes: 16, batch: 256 };
+    let w = WorkloadConfig {
+        keys: KEYS,
+        ttl_ms: 100,
+        delay_us: 150,
+        payload_bytes: 16,
+        batch: 256,
+        ..WorkloadConfig::default()
+    };
     let created = Arc::new(AtomicU64::new(0));
     let r = tokio::time::timeout(Duration::from_secs(180), workload::produce(&ctx.store, &w, created.clone()))
         .await
