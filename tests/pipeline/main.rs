@@ -1031,3 +1031,39 @@ async fn with_a_value_copy_an_adopted_key_s_event_carries_its_last_value_up_to_t
             .collect();
     assert_eq!(payloads, expect, "each event carries the value the key had when it expired, if copyable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_the_plain_writer_captures_every_key_by_adoption_once_when_adoption_precedes_expiry() {
+    // `run --writer plain` at a pace and TTL where every key is adopted long before it
+    // expires: the oracle (created ledger against effects) must find nothing lost and nothing
+    // twice. (With 100 ms TTLs on a loaded machine some keys expire before adoption: the gap
+    // measured in docs/BENCHMARKS.md (h).)
+    let ctx = Ctx::new("plainrun").await;
+    let cfg = expiry_stream::run::RunConfig {
+        workload: expiry_stream::workload::WorkloadConfig {
+            keys: 3000,
+            ttl_ms: 1500,
+            delay_us: 500,
+            writer: expiry_stream::workload::Writer::Plain,
+            ..expiry_stream::workload::WorkloadConfig::default()
+        },
+        consumers: 2,
+        work_ms: 0,
+        concurrency: 8,
+        progress: false,
+        ..expiry_stream::run::RunConfig::default()
+    };
+    let r = expiry_stream::run::run(&ctx.store, &cfg, &ctx.server.backend).await.expect("run");
+    let o = &r.oracle;
+    assert!(r.drained, "{}", o.line());
+    assert_eq!(
+        (o.created, o.effected, o.lost, o.duplicate_effects, o.unexpected_effects),
+        (3000, 3000, 0, 0, 0),
+        "{}",
+        o.line()
+    );
+    assert_eq!(o.problems(0), Vec::<String>::new(), "{}", o.line());
+    // No key went through the library: every one was adopted.
+    let stats = ctx.store.stats().await.unwrap();
+    assert_eq!(stats.get("adopted").copied(), Some(3000), "{stats:?}");
+}
