@@ -728,6 +728,21 @@ async fn plain_set(ctx: &Ctx, keys: &[String], ttl_ms: impl Fn(usize) -> i64) ->
     deadlines
 }
 
+/// Waits until `n` listeners are subscribed to the `expire` keyevents (what adoption hears):
+/// a key given a TTL before that waits for a reconcile scan.
+async fn subscribed(ctx: &Ctx, n: i64) {
+    let c = ctx.conn().await;
+    ctx.until(&format!("{n} listener(s) subscribed"), WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let v: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
+            v.1 == n
+        }
+    })
+    .await;
+}
+
 /// The stream's event ids, each with how often it occurs.
 async fn stream_ids(ctx: &Ctx) -> HashMap<String, usize> {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -750,15 +765,7 @@ async fn keys_another_program_gives_a_ttl_are_adopted_by_pattern_and_each_expira
     // Keys given a TTL before a listener hears `expire` would wait for a reconcile scan, and
     // this test runs none: wait until all three are subscribed.
     let mut c = ctx.conn().await;
-    ctx.until("three listeners subscribed", WAIT, || {
-        let mut c = c.clone();
-        async move {
-            let v: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
-            v.1 == 3
-        }
-    })
-    .await;
+    subscribed(&ctx, 3).await;
     let ext: Vec<String> = (0..2000).map(|i| format!("ext:{i}")).collect();
     let other: Vec<String> = (0..200).map(|i| format!("other:{i}")).collect();
     let mut expected = HashMap::new();
@@ -937,15 +944,7 @@ async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_o
     run.adopting_listeners(&ctx.store, 2, 0, None, Adoption { patterns: vec![b"ext:*".to_vec()], value_max: 0 });
     run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
     let mut c = ctx.conn().await;
-    ctx.until("two listeners subscribed", WAIT, || {
-        let mut c = c.clone();
-        async move {
-            let v: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
-            v.1 == 2
-        }
-    })
-    .await;
+    subscribed(&ctx, 2).await;
     let names = |what: &str| (0..40).map(|i| format!("ext:{what}:{i}")).collect::<Vec<String>>();
     let (deleted, renamed, past) = (names("del"), names("ren"), names("past"));
     for group in [&deleted, &renamed, &past] {
@@ -994,15 +993,7 @@ async fn with_a_value_copy_an_adopted_key_s_event_carries_its_last_value_up_to_t
     run.adopting_listeners(&ctx.store, 1, 0, None, Adoption { patterns: vec![b"val:*".to_vec()], value_max: 16 });
     run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
     let c = ctx.conn().await;
-    ctx.until("the listener subscribed", WAIT, || {
-        let mut c = c.clone();
-        async move {
-            let v: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
-            v.1 == 1
-        }
-    })
-    .await;
+    subscribed(&ctx, 1).await;
     let set = |k: &'static str, v: &'static str, extra: &'static [&'static str]| {
         let mut c = c.clone();
         async move {
