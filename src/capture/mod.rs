@@ -52,7 +52,7 @@ pub async fn ensure_notifications(store: &RedisStore) -> NotifyConfig {
 }
 
 /// [`ensure_notifications`], and with `adopt` the classes of the adoption events too
-/// (`g$`: `expire`, `rename_to`, `set`).
+/// (`g` and `$`: `expire`, `rename_to`, `rename_from`, `del`, `set`).
 pub async fn ensure_notifications_for(store: &RedisStore, adopt: bool) -> NotifyConfig {
     let cur = match store.notify_config().await {
         Ok(v) => v,
@@ -86,7 +86,8 @@ pub struct Adoption {
 /// keys named, in batches. Survives reconnects (RESP3 connection manager with automatic
 /// resubscription) and asks the sweepers to run at once after each, since notifications
 /// sent while it was away are gone for good. With adoption patterns (`adopt`, Redis glob
-/// patterns) it also hears the events that give keys a TTL and adopts the keys that match.
+/// patterns) it also hears the events that give keys a TTL or take them away
+/// ([`ADOPT_EVENTS`]) and runs the adopt script for the keys that match.
 pub async fn run_listener(
     store: RedisStore,
     db: i64,
