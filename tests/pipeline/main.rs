@@ -1072,3 +1072,48 @@ async fn a_run_with_the_plain_writer_captures_every_key_by_adoption_once_when_ad
     let stats = ctx.store.stats().await.unwrap();
     assert_eq!(stats.get("adopted").copied(), Some(3000), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_in_another_database_adopts_that_database_s_keys_only() {
+    // The database is the URL's (`redis://host:port/3`): the listener hears that database's
+    // keyevents, the scan scans it, and a key of the same name in database 0 is not its concern.
+    let ctx = Ctx::new("adoptdb").await;
+    // The test servers' URLs name no database (`redis://host:port/`).
+    let url = format!("{}/3", ctx.server.url.trim_end_matches('/'));
+    let store = expiry_stream::store::RedisStore::connect(&url, "adoptdb3", "g").await.unwrap();
+    assert_eq!(store.db(), 3, "{url}");
+    store.wipe().await.unwrap();
+    store.ensure_group().await.unwrap();
+    expiry_stream::capture::ensure_notifications_for(&store, true).await;
+    let mut run = Running::default();
+    run.adopting_listeners(&store, 1, 3, None, Adoption { patterns: vec![b"db:*".to_vec()], value_max: 0 });
+    run.sweepers(&store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let mut c3 = store.dedicated().await.unwrap();
+    ctx.until("the listener subscribed", WAIT, || {
+        let mut c = c3.clone();
+        async move {
+            let v: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@3__:expire").query_async(&mut c).await.unwrap();
+            v.1 == 1
+        }
+    })
+    .await;
+    let mut c0 = ctx.conn().await;
+    for i in 0..20 {
+        let _: () =
+            redis::cmd("SET").arg(format!("db:{i}")).arg("v").arg("PX").arg(800).query_async(&mut c3).await.unwrap();
+        let _: () =
+            redis::cmd("SET").arg(format!("db:{i}")).arg("v").arg("PX").arg(800).query_async(&mut c0).await.unwrap();
+    }
+    ctx.until("the database's keys captured", WAIT, || async {
+        store.range_all(&store.keys.stream).await.map(|v| v.len()).unwrap_or(0) >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.shutdown().await.unwrap();
+    let entries = store.range_all(&store.keys.stream).await.unwrap();
+    assert_eq!(entries.len(), 20, "each key of database 3 once, none of database 0");
+    assert_eq!(ctx.stream().await.len(), 0, "database 0's namespace saw nothing");
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.get("adopted").copied(), Some(20), "{stats:?}");
+}
