@@ -174,15 +174,10 @@ impl ListenerMachine {
     }
 }
 
-/// The `notify-keyspace-events` value that adds keyevent notifications (`E`) for expirations
-/// (`x`, or `A` for all) to `current`, keeping every class already there; None when both are
-/// on already.
-pub fn notify_classes_to_set(current: &str) -> Option<String> {
-    notify_classes_for(current, false)
-}
-
-/// As [`notify_classes_to_set`], and with `adopt` also the classes of the adoption events:
-/// generic commands (`g`: `expire`, `rename_to`) and strings (`$`: `set`).
+/// The `notify-keyspace-events` value that adds to `current` keyevent notifications (`E`) for
+/// expirations (`x`, or `A` for all) and, with `adopt`, the classes of the adoption events:
+/// generic commands (`g`: `expire`, `rename_*`, `del`) and strings (`$`: `set`); every class
+/// already there is kept. None when all are on already.
 pub fn notify_classes_for(current: &str, adopt: bool) -> Option<String> {
     let all = current.contains('A');
     let mut need = vec!['E', 'x'];
@@ -205,12 +200,12 @@ mod tests {
 
     #[test]
     fn notification_classes_are_added_only_where_missing_and_others_are_kept() {
-        assert_eq!(notify_classes_to_set(""), Some("Ex".into()));
-        assert_eq!(notify_classes_to_set("Kx"), Some("KxE".into()));
-        assert_eq!(notify_classes_to_set("Eg"), Some("Egx".into()));
-        assert_eq!(notify_classes_to_set("xE"), None);
-        assert_eq!(notify_classes_to_set("KEA"), None);
-        assert_eq!(notify_classes_to_set("KA"), Some("KAE".into()));
+        assert_eq!(notify_classes_for("", false), Some("Ex".into()));
+        assert_eq!(notify_classes_for("Kx", false), Some("KxE".into()));
+        assert_eq!(notify_classes_for("Eg", false), Some("Egx".into()));
+        assert_eq!(notify_classes_for("xE", false), None);
+        assert_eq!(notify_classes_for("KEA", false), None);
+        assert_eq!(notify_classes_for("KA", false), Some("KAE".into()));
     }
 
     #[test]

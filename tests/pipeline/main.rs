@@ -14,7 +14,7 @@ use expiry_stream::consume::{ConsumerConfig, Delivery, Handler, HandlerError, Ha
 use expiry_stream::core::{encode_entry, event_id, CommitOutcome, Event};
 use expiry_stream::oracle::{self, RecordHandler};
 use expiry_stream::run::Running;
-use expiry_stream::store::CommitItem;
+use expiry_stream::store::{CommitItem, RedisStore};
 use support::{fast_consumers, field_str, Ctx};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -728,19 +728,25 @@ async fn plain_set(ctx: &Ctx, keys: &[String], ttl_ms: impl Fn(usize) -> i64) ->
     deadlines
 }
 
-/// Waits until `n` listeners are subscribed to the `expire` keyevents (what adoption hears):
-/// a key given a TTL before that waits for a reconcile scan.
-async fn subscribed(ctx: &Ctx, n: i64) {
-    let c = ctx.conn().await;
-    ctx.until(&format!("{n} listener(s) subscribed"), WAIT, || {
-        let mut c = c.clone();
+/// Starts `listeners` adopting listeners and `sweepers` sweepers on `store` (notification
+/// classes for adoption set first) and waits until every listener is subscribed to its
+/// database's `expire` keyevents: a key given a TTL before that waits for a reconcile scan.
+async fn adopting(ctx: &Ctx, store: &RedisStore, listeners: i64, sweepers: usize, adoption: Adoption) -> Running {
+    expiry_stream::capture::ensure_notifications_for(store, true).await;
+    let mut run = Running::default();
+    run.adopting_listeners(store, listeners as usize, store.db(), None, adoption);
+    run.sweepers(store, sweepers, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let c = store.dedicated().await.unwrap();
+    let channel = format!("__keyevent@{}__:expire", store.db());
+    ctx.until(&format!("{listeners} listener(s) subscribed"), WAIT, || {
+        let (mut c, channel) = (c.clone(), channel.clone());
         async move {
-            let v: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:expire").query_async(&mut c).await.unwrap();
-            v.1 == n
+            let v: (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut c).await.unwrap();
+            v.1 == listeners
         }
     })
     .await;
+    run
 }
 
 /// The stream's event ids, each with how often it occurs.
@@ -755,17 +761,11 @@ async fn stream_ids(ctx: &Ctx) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_another_program_gives_a_ttl_are_adopted_by_pattern_and_each_expiration_captured_once() {
     let ctx = Ctx::new("adopt").await;
-    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
-    let mut run = Running::default();
     // Three listeners adopt and capture; two sweepers; no reconcile scan (the events suffice).
     // The second pattern also matches the namespace's own keys, which are never adopted.
     let adoption = Adoption { patterns: vec![b"ext:*".to_vec(), b"{adopt}:*".to_vec()], value_max: 0 };
-    run.adopting_listeners(&ctx.store, 3, 0, None, adoption);
-    run.sweepers(&ctx.store, 2, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
-    // Keys given a TTL before a listener hears `expire` would wait for a reconcile scan, and
-    // this test runs none: wait until all three are subscribed.
+    let run = adopting(&ctx, &ctx.store, 3, 2, adoption).await;
     let mut c = ctx.conn().await;
-    subscribed(&ctx, 3).await;
     let ext: Vec<String> = (0..2000).map(|i| format!("ext:{i}")).collect();
     let other: Vec<String> = (0..200).map(|i| format!("other:{i}")).collect();
     let mut expected = HashMap::new();
@@ -939,12 +939,8 @@ async fn adoption_patterns_match_exactly_what_redis_scan_match_matches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_once_not_captured_at_its_old_deadline() {
     let ctx = Ctx::new("adoptedge").await;
-    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
-    let mut run = Running::default();
-    run.adopting_listeners(&ctx.store, 2, 0, None, Adoption { patterns: vec![b"ext:*".to_vec()], value_max: 0 });
-    run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let run = adopting(&ctx, &ctx.store, 2, 1, Adoption { patterns: vec![b"ext:*".to_vec()], value_max: 0 }).await;
     let mut c = ctx.conn().await;
-    subscribed(&ctx, 2).await;
     let names = |what: &str| (0..40).map(|i| format!("ext:{what}:{i}")).collect::<Vec<String>>();
     let (deleted, renamed, past) = (names("del"), names("ren"), names("past"));
     for group in [&deleted, &renamed, &past] {
@@ -1002,12 +998,8 @@ async fn an_adopted_key_deleted_renamed_or_expired_into_the_past_is_settled_at_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_value_copy_an_adopted_key_s_event_carries_its_last_value_up_to_the_bound() {
     let ctx = Ctx::new("adoptvalue").await;
-    expiry_stream::capture::ensure_notifications_for(&ctx.store, true).await;
-    let mut run = Running::default();
-    run.adopting_listeners(&ctx.store, 1, 0, None, Adoption { patterns: vec![b"val:*".to_vec()], value_max: 16 });
-    run.sweepers(&ctx.store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let run = adopting(&ctx, &ctx.store, 1, 1, Adoption { patterns: vec![b"val:*".to_vec()], value_max: 16 }).await;
     let c = ctx.conn().await;
-    subscribed(&ctx, 1).await;
     let set = |k: &'static str, v: &'static str, extra: &'static [&'static str]| {
         let mut c = c.clone();
         async move {
@@ -1084,20 +1076,8 @@ async fn adoption_in_another_database_adopts_that_database_s_keys_only() {
     assert_eq!(store.db(), 3, "{url}");
     store.wipe().await.unwrap();
     store.ensure_group().await.unwrap();
-    expiry_stream::capture::ensure_notifications_for(&store, true).await;
-    let mut run = Running::default();
-    run.adopting_listeners(&store, 1, 3, None, Adoption { patterns: vec![b"db:*".to_vec()], value_max: 0 });
-    run.sweepers(&store, 1, SweeperConfig { min_interval: Duration::from_millis(1), ..SweeperConfig::default() });
+    let run = adopting(&ctx, &store, 1, 1, Adoption { patterns: vec![b"db:*".to_vec()], value_max: 0 }).await;
     let mut c3 = store.dedicated().await.unwrap();
-    ctx.until("the listener subscribed", WAIT, || {
-        let mut c = c3.clone();
-        async move {
-            let v: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@3__:expire").query_async(&mut c).await.unwrap();
-            v.1 == 1
-        }
-    })
-    .await;
     let mut c0 = ctx.conn().await;
     for i in 0..20 {
         let _: () =
